@@ -1,0 +1,42 @@
+"""The `swiftdet` console command. Each verb is a module of swiftdet/cli with NAME, HELP,
+add_arguments(parser) and run(args) -> exit code; this file lists them, nothing is registered
+behind the scenes."""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+from swiftdet.cli import config_cmd
+from swiftdet.errors import SwiftdetError
+
+COMMANDS = (config_cmd,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swiftdet", description="Object detection, segmentation and keypoints in PyTorch.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMANDS:
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except SwiftdetError as e:
+        # User errors: one readable paragraph, no traceback.
+        message = " ".join(str(e).split())
+        print(textwrap.fill("swiftdet: error: " + message, width=100, break_long_words=False, break_on_hyphens=False), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("swiftdet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

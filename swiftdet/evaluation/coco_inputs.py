@@ -1,0 +1,318 @@
+"""Loading and checking COCO ground truth and results into flat numpy arrays.
+
+pycocotools reads both as lists of dicts and walks them in Python for every image and category.
+Here each is read once into arrays (one row per annotation / detection) that the vectorised
+matcher in :mod:`swiftdet.evaluation.coco_matching` works on. Everything a user can get wrong
+(a missing file, a json that is not COCO, unknown image or category ids, a missing field) raises
+:class:`DatasetError` (ground truth) or :class:`EvaluationError` (results) naming the culprit.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from swiftdet.errors import DatasetError, EvaluationError
+
+IOU_TYPES = ("bbox", "segm", "keypoints")
+_MAX_IDS_IN_MESSAGE = 5
+
+
+@dataclass
+class GroundTruth:
+    """COCO ground truth as arrays; ``N`` annotations, in the json's order.
+
+    Images and categories are indexed by their position in the sorted list of ids, which is the
+    order pycocotools evaluates them in.
+    """
+
+    source: str  # file name or "<dict>", used in messages
+    image_ids: list  # sorted image ids
+    category_ids: list  # sorted category ids
+    category_names: dict  # category id -> name
+    image_sizes: dict  # image id -> (height, width), where the json gives them
+    ann_ids: np.ndarray  # (N,) annotation ids
+    image_index: np.ndarray  # (N,) int64 position of the image in image_ids
+    category_index: np.ndarray  # (N,) int64 position of the category in category_ids
+    area: np.ndarray  # (N,) float64, the json's "area" field (used for the area ranges)
+    iscrowd: np.ndarray  # (N,) bool
+    boxes: np.ndarray | None = None  # (N, 4) float64 xywh, for bbox and keypoints
+    rles: list | None = None  # N compressed RLEs, for segm
+    keypoints: np.ndarray | None = None  # (N, K, 3) float64, for keypoints
+    num_keypoints: np.ndarray | None = None  # (N,) int64, for keypoints
+
+
+@dataclass
+class Detections:
+    """Results as arrays; ``M`` detections in the results' order."""
+
+    image_index: np.ndarray  # (M,) int64 position of the image in GroundTruth.image_ids
+    category_index: np.ndarray  # (M,) int64 position in GroundTruth.category_ids (0 if absent)
+    score: np.ndarray  # (M,) float64
+    area: np.ndarray  # (M,) float64 area used for the area ranges
+    boxes: np.ndarray | None = None  # (M, 4) float64 xywh
+    rles: list | None = None  # M compressed RLEs
+    keypoints: np.ndarray | None = None  # (M, K, 3) float64
+
+
+def _few(ids: Sequence[Any]) -> str:
+    shown = ", ".join(repr(i) for i in list(ids)[:_MAX_IDS_IN_MESSAGE])
+    more = f" and {len(ids) - _MAX_IDS_IN_MESSAGE} more" if len(ids) > _MAX_IDS_IN_MESSAGE else ""
+    return shown + more
+
+
+def _read_json(path: Path, error: type[Exception], what: str) -> Any:
+    if not path.is_file():
+        raise error(f"{what} file {str(path)!r} does not exist. Pass the path of an existing json file.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{what} file {str(path)!r} is not valid json ({exc}). Check that it is a complete, "
+                    f"uncorrupted json file.") from exc
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def load_ground_truth(gt: Any, iou_type: str) -> GroundTruth:
+    """Read ``gt`` (a path, a COCO-format dict or a ``pycocotools.coco.COCO``) and check it."""
+    if isinstance(gt, (str, Path)):
+        source = str(gt)
+        dataset = _read_json(Path(gt), DatasetError, "Ground-truth")
+    elif isinstance(gt, dict):
+        source, dataset = "<ground-truth dict>", gt
+    elif hasattr(gt, "dataset") and isinstance(getattr(gt, "dataset"), dict):
+        source, dataset = "<pycocotools COCO object>", gt.dataset
+    else:
+        raise DatasetError(f"Ground truth must be a path to a COCO json, a COCO-format dict or a pycocotools "
+                           f"COCO object, got {type(gt).__name__}.")
+    return _ground_truth_from_dict(dataset, source, iou_type)
+
+
+def _ground_truth_from_dict(dataset: Any, source: str, iou_type: str) -> GroundTruth:
+    if not isinstance(dataset, dict):
+        raise DatasetError(f"Ground truth {source!r} is not a COCO dataset: its top level is a "
+                           f"{type(dataset).__name__}, expected an object with 'images', 'annotations' and "
+                           f"'categories' lists.")
+    missing = [k for k in ("images", "annotations", "categories") if k not in dataset]
+    if missing:
+        raise DatasetError(f"Ground truth {source!r} is not a COCO dataset: it has no {missing} key(s). A COCO "
+                           f"json needs 'images', 'annotations' and 'categories' lists.")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset[key], list):
+            raise DatasetError(f"Ground truth {source!r}: '{key}' is a {type(dataset[key]).__name__}, expected a "
+                               f"list of objects.")
+    images, anns, cats = dataset["images"], dataset["annotations"], dataset["categories"]
+    for key, items in (("images", images), ("categories", cats)):
+        bad = [i for i, item in enumerate(items) if not isinstance(item, dict) or "id" not in item]
+        if bad:
+            raise DatasetError(f"Ground truth {source!r}: entries {_few(bad)} of '{key}' are not objects with an "
+                               f"'id'. Every image and category needs an 'id'.")
+    image_ids = sorted({img["id"] for img in images})
+    if len(image_ids) != len(images):
+        raise DatasetError(f"Ground truth {source!r}: image ids are not unique. Give every image its own id.")
+    category_ids = sorted({c["id"] for c in cats})
+    if len(category_ids) != len(cats):
+        raise DatasetError(f"Ground truth {source!r}: category ids are not unique. Give every category its own id.")
+    image_pos = {i: n for n, i in enumerate(image_ids)}
+    cat_pos = {c: n for n, c in enumerate(category_ids)}
+
+    needed = ["id", "image_id", "category_id", "area", "iscrowd"]
+    needed += {"bbox": ["bbox"], "segm": ["segmentation"], "keypoints": ["bbox", "keypoints", "num_keypoints"]}[iou_type]
+    for ann in anns:
+        if not isinstance(ann, dict) or any(k not in ann for k in needed):
+            ident = ann.get("id", "?") if isinstance(ann, dict) else "?"
+            lacking = [k for k in needed if k not in ann] if isinstance(ann, dict) else needed
+            raise DatasetError(f"Ground truth {source!r}: annotation id {ident!r} lacks {lacking}; '{iou_type}' "
+                               f"evaluation needs {needed} in every annotation.")
+    ann_ids = [a["id"] for a in anns]
+    if len(set(ann_ids)) != len(ann_ids):
+        seen, dup = set(), []
+        for i in ann_ids:
+            if i in seen:
+                dup.append(i)
+            seen.add(i)
+        raise DatasetError(f"Ground truth {source!r}: annotation ids {_few(sorted(set(dup)))} occur more than once. "
+                           f"Give every annotation its own id (pycocotools would silently evaluate the wrong ones).")
+    unknown_img = [a["id"] for a in anns if a["image_id"] not in image_pos]
+    if unknown_img:
+        raise DatasetError(f"Ground truth {source!r}: {len(unknown_img)} annotation(s) (ids {_few(unknown_img)}) "
+                           f"refer to an image_id that is not in 'images'. Add the images or drop the annotations.")
+    unknown_cat = [a["id"] for a in anns if a["category_id"] not in cat_pos]
+    if unknown_cat:
+        raise DatasetError(f"Ground truth {source!r}: {len(unknown_cat)} annotation(s) (ids {_few(unknown_cat)}) "
+                           f"have a category_id that is not in 'categories'. Add the categories or fix the ids.")
+    bad_area = [a["id"] for a in anns if not _is_number(a["area"])]
+    if bad_area:
+        raise DatasetError(f"Ground truth {source!r}: annotation(s) {_few(bad_area)} have a non-numeric 'area'.")
+
+    image_sizes = {img["id"]: (img["height"], img["width"]) for img in images if "height" in img and "width" in img}
+    gt = GroundTruth(
+        source=source,
+        image_ids=image_ids,
+        category_ids=category_ids,
+        category_names={c["id"]: c.get("name", str(c["id"])) for c in cats},
+        image_sizes=image_sizes,
+        ann_ids=np.array(ann_ids) if ann_ids else np.zeros(0, dtype=np.int64),
+        image_index=np.array([image_pos[a["image_id"]] for a in anns], dtype=np.int64),
+        category_index=np.array([cat_pos[a["category_id"]] for a in anns], dtype=np.int64),
+        area=np.array([a["area"] for a in anns], dtype=np.float64),
+        iscrowd=np.array([bool(a["iscrowd"]) for a in anns], dtype=bool),
+    )
+    if iou_type in ("bbox", "keypoints"):
+        gt.boxes = _gt_boxes(anns, source)
+    if iou_type == "segm":
+        gt.rles = [_gt_rle(a, image_sizes, source) for a in anns]
+    if iou_type == "keypoints":
+        gt.keypoints = _keypoint_array([a["keypoints"] for a in anns], lambda i: f"Ground truth {source!r}: "
+                                       f"annotation id {anns[i]['id']!r}", DatasetError)
+        gt.num_keypoints = np.array([a["num_keypoints"] for a in anns], dtype=np.int64)
+    return gt
+
+
+def _gt_boxes(anns: list, source: str) -> np.ndarray:
+    for a in anns:
+        box = a["bbox"]
+        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box):
+            raise DatasetError(f"Ground truth {source!r}: annotation id {a['id']!r} has bbox {box!r}; expected "
+                               f"[x, y, width, height] numbers.")
+    return np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+
+
+def _gt_rle(ann: dict, image_sizes: dict, source: str) -> dict:
+    """The annotation's mask as a compressed RLE, converted the way pycocotools' annToRLE does."""
+    segm = ann["segmentation"]
+    if isinstance(segm, dict) and isinstance(segm.get("counts"), (str, bytes)):
+        return segm
+    if ann["image_id"] not in image_sizes:
+        raise DatasetError(f"Ground truth {source!r}: image id {ann['image_id']!r} has no 'height'/'width', needed "
+                           f"to rasterise the polygon / uncompressed RLE of annotation id {ann['id']!r}.")
+    h, w = image_sizes[ann["image_id"]]
+    try:
+        if isinstance(segm, list):
+            return mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
+        if isinstance(segm, dict) and isinstance(segm.get("counts"), list):
+            return mask_utils.frPyObjects(segm, h, w)
+    except Exception as exc:  # pycocotools raises bare Exceptions / TypeErrors on malformed polygons
+        raise DatasetError(f"Ground truth {source!r}: the segmentation of annotation id {ann['id']!r} cannot be "
+                           f"read as COCO polygons or RLE ({exc}).") from exc
+    raise DatasetError(f"Ground truth {source!r}: annotation id {ann['id']!r} has a segmentation of type "
+                       f"{type(segm).__name__}; expected polygons (list) or RLE (dict with 'size' and 'counts').")
+
+
+def _keypoint_array(rows: list, where, error: type[Exception]) -> np.ndarray:
+    lengths = {len(r) if isinstance(r, (list, tuple)) else -1 for r in rows}
+    if len(lengths) > 1 or -1 in lengths or (lengths and next(iter(lengths)) % 3):
+        for i, r in enumerate(rows):
+            if not isinstance(r, (list, tuple)) or len(r) % 3 or len(r) != len(rows[0]):
+                raise error(f"{where(i)} has keypoints of length {len(r) if isinstance(r, (list, tuple)) else r!r};"
+                            f" expected a flat list [x1, y1, v1, x2, ...] of 3*K numbers, the same K everywhere.")
+    if not rows:
+        return np.zeros((0, 0, 3))
+    arr = np.array(rows, dtype=np.float64)
+    return arr.reshape(len(rows), -1, 3)
+
+
+def load_detections(results: Any, gt: GroundTruth, iou_type: str, *, need_category: bool = True) -> Detections:
+    """Read ``results`` (a path to a results json or a list of result dicts) and check them against ``gt``.
+
+    The user's dicts are not modified (pycocotools' loadRes writes into them).
+    """
+    if isinstance(results, (str, Path)):
+        source = str(results)
+        results = _read_json(Path(results), EvaluationError, "Results")
+    else:
+        source = "<results list>"
+    if not isinstance(results, (list, tuple)):
+        raise EvaluationError(f"Results {source!r} must be a list of detection objects (COCO results format), got "
+                              f"a {type(results).__name__}.")
+    field = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
+    needed = ["image_id", "score", field] + (["category_id"] if need_category else [])
+    for n, r in enumerate(results):
+        if not isinstance(r, dict) or any(k not in r for k in needed):
+            lacking = [k for k in needed if k not in r] if isinstance(r, dict) else needed
+            raise EvaluationError(f"Results {source!r}: result #{n} lacks {lacking}; '{iou_type}' evaluation needs "
+                                  f"{needed} in every result.")
+
+    image_pos = {i: n for n, i in enumerate(gt.image_ids)}
+    unknown = sorted({r["image_id"] for r in results if r["image_id"] not in image_pos}, key=repr)
+    if unknown:
+        raise EvaluationError(f"Results {source!r}: {len(unknown)} image id(s) are not in the ground truth "
+                              f"{gt.source!r}: {_few(unknown)}. Evaluate against the annotation file the images "
+                              f"came from.")
+    cat_pos = {c: n for n, c in enumerate(gt.category_ids)}
+    if need_category:
+        unknown = sorted({r["category_id"] for r in results if r["category_id"] not in cat_pos}, key=repr)
+        if unknown:
+            raise EvaluationError(f"Results {source!r}: category id(s) {_few(unknown)} are not categories of the "
+                                  f"ground truth {gt.source!r} (known: {_few(gt.category_ids)}). Map the model's "
+                                  f"class indices to the dataset's category ids.")
+    bad = [n for n, r in enumerate(results) if not _is_number(r["score"]) or not math.isfinite(r["score"])]
+    if bad:
+        raise EvaluationError(f"Results {source!r}: result(s) #{_few(bad)} have a score that is not a finite number.")
+
+    dets = Detections(
+        image_index=np.array([image_pos[r["image_id"]] for r in results], dtype=np.int64),
+        category_index=np.array([cat_pos[r["category_id"]] if "category_id" in r else 0 for r in results],
+                                dtype=np.int64),
+        score=np.array([r["score"] for r in results], dtype=np.float64),
+        area=np.zeros(len(results)),
+    )
+    if iou_type == "bbox":
+        dets.boxes = _result_boxes(results, source)
+        # loadRes: area = w * h.
+        dets.area = dets.boxes[:, 2] * dets.boxes[:, 3]
+    elif iou_type == "segm":
+        dets.rles = [_result_rle(n, r, gt, source) for n, r in enumerate(results)]
+        # The mask area, as detectron2 arranges by dropping "bbox" (pycocotools' loadRes would take the
+        # box area whenever the first result carries a bbox).
+        dets.area = np.array(mask_utils.area(dets.rles), dtype=np.float64).reshape(-1) if results else dets.area
+    else:
+        dets.keypoints = _keypoint_array([r["keypoints"] for r in results],
+                                         lambda i: f"Results {source!r}: result #{i}", EvaluationError)
+        if gt.keypoints is not None and len(gt.keypoints) and len(results) and \
+                dets.keypoints.shape[1] != gt.keypoints.shape[1]:
+            raise EvaluationError(f"Results {source!r} have {dets.keypoints.shape[1]} keypoints per detection, the "
+                                  f"ground truth {gt.source!r} has {gt.keypoints.shape[1]}.")
+        if any("bbox" in r for r in results):
+            if not all("bbox" in r for r in results):
+                raise EvaluationError(f"Results {source!r}: some keypoint results carry a 'bbox' and some do not; "
+                                      f"give all of them one (its area is used for the area ranges) or none.")
+            boxes = _result_boxes(results, source)
+            dets.area = boxes[:, 2] * boxes[:, 3]
+        else:
+            # loadRes: the extent of all keypoints, visible or not.
+            x, y = dets.keypoints[:, :, 0], dets.keypoints[:, :, 1]
+            dets.area = (x.max(1) - x.min(1)) * (y.max(1) - y.min(1)) if results else dets.area
+    return dets
+
+
+def _result_boxes(results: Sequence[dict], source: str) -> np.ndarray:
+    for n, r in enumerate(results):
+        box = r["bbox"]
+        if (not isinstance(box, (list, tuple, np.ndarray)) or len(box) != 4
+                or not all(_is_number(v) and math.isfinite(v) for v in box)):
+            raise EvaluationError(f"Results {source!r}: result #{n} (image id {r['image_id']!r}) has bbox {box!r}; "
+                                  f"expected [x, y, width, height] finite numbers.")
+    return np.array([r["bbox"] for r in results], dtype=np.float64).reshape(-1, 4)
+
+
+def _result_rle(n: int, r: dict, gt: GroundTruth, source: str) -> dict:
+    segm = r["segmentation"]
+    if not isinstance(segm, dict) or not isinstance(segm.get("counts"), (str, bytes)) or "size" not in segm:
+        raise EvaluationError(f"Results {source!r}: result #{n} (image id {r['image_id']!r}) has a segmentation "
+                              f"that is not a compressed RLE dict {{'size': [h, w], 'counts': str}}. Encode masks "
+                              f"with pycocotools.mask.encode(np.asfortranarray(mask)).")
+    size = gt.image_sizes.get(r["image_id"])
+    if size is not None and list(segm["size"]) != [size[0], size[1]]:
+        raise EvaluationError(f"Results {source!r}: result #{n} has a mask of size {list(segm['size'])} but image "
+                              f"id {r['image_id']!r} is {size[0]}x{size[1]} (height x width). Paste masks at the "
+                              f"original image resolution.")
+    return segm

@@ -1,0 +1,23 @@
+"""Build a detector from its config: plain functions, one branch per architecture."""
+from __future__ import annotations
+
+from torch import nn
+
+from swiftdet.config.schema import ModelConfig
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The detector described by ``cfg`` (weights not loaded; see swiftdet.weights)."""
+    if cfg.arch == "rcnn":
+        from swiftdet.model.rcnn import build_rcnn
+
+        return build_rcnn(cfg)
+    if cfg.arch == "retinanet":
+        from swiftdet.model.retinanet import build_retinanet
+
+        return build_retinanet(cfg)
+    if cfg.arch == "fcos":
+        from swiftdet.model.fcos import build_fcos
+
+        return build_fcos(cfg)
+    raise ValueError(f"unknown model.arch {cfg.arch!r}")

@@ -40,7 +40,7 @@ from PIL import Image
 from swiftdet.errors import ConfigError, DatasetError
 
 # Bump when the drawing changes, so that a cached dataset made by an older generator is rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SYNTH_SHAPES: tuple[str, ...] = ("circle", "triangle", "rectangle", "star", "cross")
 SYNTH_KEYPOINT_NAMES: tuple[str, ...] = ("top", "left", "bottom", "right")
@@ -65,6 +65,8 @@ MIN_VISIBLE_PIXELS = 20
 MAX_OUTSIDE_FRACTION = 0.3  # of an object's polygon area that may fall outside the image
 TRUNCATION_PROBABILITY = 0.15  # chance that an object is placed across the image border
 PLACEMENT_ATTEMPTS = 30
+MIN_COLOR_DISTANCE = 90.0  # RGB distance between a shape's colour and the mean colour it covers
+COLOR_ATTEMPTS = 12
 
 _IMAGE_NAME = re.compile(r"^\d{6}\.jpg$")
 
@@ -85,7 +87,6 @@ class _Shape:
     polygon: np.ndarray  # (P, 2) float64 x, y in image coordinates, rounded as written to json
     keypoints: np.ndarray  # (4, 2) float64 extreme points top, left, bottom, right
     center: np.ndarray  # (2,) float64
-    color: np.ndarray  # (3,) float64 RGB in 0..255
     full_mask: np.ndarray  # (H, W) bool, pycocotools rasterisation of ``polygon``
 
 
@@ -331,9 +332,7 @@ def _random_shape(rng: np.random.Generator, height: int, width: int) -> _Shape |
         pixels_total = int(_rasterize(polygon + pad, height + 2 * pad, width + 2 * pad).sum())
         if pixels_inside < (1 - MAX_OUTSIDE_FRACTION) * pixels_total:
             return None
-    hue = rng.uniform(0, 1)
-    color = _hsv_to_rgb(hue, rng.uniform(0.45, 1.0), rng.uniform(0.35, 1.0))
-    return _Shape(category_index + 1, polygon, keypoints, center, color, full_mask)
+    return _Shape(category_index + 1, polygon, keypoints, center, full_mask)
 
 
 def _local_polygon(rng: np.random.Generator, name: str, radius: float) -> np.ndarray:
@@ -388,7 +387,7 @@ def _hsv_to_rgb(hue: float, saturation: float, value: float) -> np.ndarray:
 
 
 def _paint(rng: np.random.Generator, canvas: np.ndarray, shape: _Shape) -> None:
-    """Fill the shape's full mask with its colour and a mild linear shading, inside its box only."""
+    """Fill the shape's full mask with a contrasting colour and a mild linear shading, inside its box only."""
     rows = np.flatnonzero(shape.full_mask.any(axis=1))
     cols = np.flatnonzero(shape.full_mask.any(axis=0))
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
@@ -400,7 +399,25 @@ def _paint(rng: np.random.Generator, canvas: np.ndarray, shape: _Shape) -> None:
         ((xs - shape.center[0]) * math.cos(angle) + (ys - shape.center[1]) * math.sin(angle)) / extent
     )
     region = shape.full_mask[y0:y1, x0:x1]
-    canvas[y0:y1, x0:x1][region] = (shape.color[None, None, :] * shading[..., None])[region]
+    color = _contrasting_color(rng, canvas[y0:y1, x0:x1][region].mean(axis=0))
+    canvas[y0:y1, x0:x1][region] = (color[None, None, :] * shading[..., None])[region]
+
+
+def _contrasting_color(rng: np.random.Generator, underneath: np.ndarray) -> np.ndarray:
+    """A random saturated colour at least MIN_COLOR_DISTANCE (RGB) from the mean colour it covers.
+
+    Without this a dark shape on a dark texture is invisible even to a person, and the demo's small
+    model would be asked to detect what is not there.
+    """
+    best, best_distance = None, -1.0
+    for _ in range(COLOR_ATTEMPTS):
+        color = _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.45, 1.0), rng.uniform(0.35, 1.0))
+        distance = float(np.linalg.norm(color - underneath))
+        if distance >= MIN_COLOR_DISTANCE:
+            return color
+        if distance > best_distance:
+            best, best_distance = color, distance
+    return best
 
 
 def _annotate(shapes: list[_Shape], height: int, width: int) -> list[dict]:

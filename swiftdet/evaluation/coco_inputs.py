@@ -273,7 +273,7 @@ def load_detections(results: Any, gt: GroundTruth, iou_type: str, *, need_catego
         dets.rles = [_result_rle(n, r, gt, source) for n, r in enumerate(results)]
         # The mask area, as detectron2 arranges by dropping "bbox" (pycocotools' loadRes would take the
         # box area whenever the first result carries a bbox).
-        dets.area = np.array(mask_utils.area(dets.rles), dtype=np.float64).reshape(-1) if results else dets.area
+        dets.area = _rle_areas(dets.rles)
     else:
         dets.keypoints = _keypoint_array([r["keypoints"] for r in results],
                                          lambda i: f"Results {source!r}: result #{i}", EvaluationError)
@@ -292,6 +292,14 @@ def load_detections(results: Any, gt: GroundTruth, iou_type: str, *, need_catego
             x, y = dets.keypoints[:, :, 0], dets.keypoints[:, :, 1]
             dets.area = (x.max(1) - x.min(1)) * (y.max(1) - y.min(1)) if results else dets.area
     return dets
+
+
+def _rle_areas(rles: list) -> np.ndarray:
+    """(M,) float64 pixel counts of compressed RLEs."""
+    # pycocotools' area() overflows on lists of more than 255 masks (with numpy 2), so go in chunks.
+    chunk = 128
+    areas = [np.asarray(mask_utils.area(rles[i:i + chunk]), dtype=np.float64) for i in range(0, len(rles), chunk)]
+    return np.concatenate(areas) if areas else np.zeros(0)
 
 
 def _result_boxes(results: Sequence[dict], source: str) -> np.ndarray:

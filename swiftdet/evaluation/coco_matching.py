@@ -118,20 +118,22 @@ def box_iou_pairs(dt_boxes: np.ndarray, gt_boxes: np.ndarray, gt_crowd: np.ndarr
 
 
 def mask_iou_pairs(groups: Groups, pairs: Pairs, dt_rles: list, gt_rles: list, gt_crowd: np.ndarray) -> np.ndarray:
-    """Mask IoU of every pair, (P,), computed group by group with pycocotools' RLE code."""
+    """Mask IoU of every pair, (P,), computed group by group with pycocotools' RLE code.
+
+    ``dt_rles``, ``gt_rles`` and ``gt_crowd`` are indexed by Detections / GroundTruth rows.
+    """
     out = np.zeros(len(pairs.dt))
     if len(out) == 0:
         return out
-    # Pairs are detection-major and groups contiguous: a group is a run of detections with equal group id.
+    # Pairs are detection-major and a group's detections are contiguous: one pycocotools call per group.
     dt_group = groups.dt_group
-    with_gt = pairs.gt_count > 0
-    starts = np.flatnonzero(with_gt & np.r_[True, dt_group[1:] != dt_group[:-1]])
+    run_starts = np.flatnonzero(np.r_[True, dt_group[1:] != dt_group[:-1]])
+    run_ends = np.r_[run_starts[1:], len(dt_group)]
     pair_start = np.r_[0, np.cumsum(pairs.gt_count)[:-1]]
-    for s in starts:
-        e = s
-        while e < len(dt_group) and dt_group[e] == dt_group[s]:
-            e += 1
-        g0, ng = pairs.gt_start[s], pairs.gt_count[s]
+    for s, e in zip(run_starts.tolist(), run_ends.tolist()):
+        g0, ng = int(pairs.gt_start[s]), int(pairs.gt_count[s])
+        if ng == 0:
+            continue
         d = [dt_rles[i] for i in groups.dt_order[s:e]]
         gidx = groups.gt_order[g0:g0 + ng]
         g = [gt_rles[i] for i in gidx]
@@ -276,5 +278,5 @@ def _match_block(members, group_starts, group_sizes, gt_count, cand_idx, slot, p
     valid = np.arange(steps)[None, :] < group_sizes[members][:, None]
     rows, steps_idx = np.nonzero(valid)
     cols = result[rows, steps_idx]  # (V, A, T) column or -1
-    det_ids = dets[np.argsort(det_row * steps + det_slot, kind="stable")]
-    matched_gt[det_ids] = np.where(cols >= 0, cols + gt_first[rows][:, None, None], -1)
+    # Rows of ``valid`` in row-major order list the block's detections in the order of ``dets``.
+    matched_gt[dets] = np.where(cols >= 0, cols + gt_first[rows][:, None, None], -1)

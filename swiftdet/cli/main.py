@@ -7,10 +7,10 @@ import argparse
 import sys
 import textwrap
 
-from swiftdet.cli import config_cmd
+from swiftdet.cli import config_cmd, synth
 from swiftdet.errors import SwiftdetError
 
-COMMANDS = (config_cmd,)
+COMMANDS = (config_cmd, synth)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -178,12 +178,16 @@ def _ground_truth_from_dict(dataset: Any, source: str, iou_type: str) -> GroundT
 
 
 def _gt_boxes(anns: list, source: str) -> np.ndarray:
+    boxes = _numeric_array([a["bbox"] for a in anns], (len(anns), 4))
+    if boxes is not None:
+        return boxes
     for a in anns:
         box = a["bbox"]
-        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box):
+        if (not isinstance(box, (list, tuple)) or len(box) != 4
+                or not all(_is_number(v) and math.isfinite(v) for v in box)):
             raise DatasetError(f"Ground truth {source!r}: annotation id {a['id']!r} has bbox {box!r}; expected "
                                f"[x, y, width, height] numbers.")
-    return np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+    raise DatasetError(f"Ground truth {source!r}: the bboxes are not all [x, y, width, height] finite numbers.")
 
 
 def _gt_rle(ann: dict, image_sizes: dict, source: str) -> dict:
@@ -235,8 +239,9 @@ def load_detections(results: Any, gt: GroundTruth, iou_type: str, *, need_catego
                               f"a {type(results).__name__}.")
     field = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
     needed = ["image_id", "score", field] + (["category_id"] if need_category else [])
+    needed_keys = set(needed)
     for n, r in enumerate(results):
-        if not isinstance(r, dict) or any(k not in r for k in needed):
+        if not isinstance(r, dict) or not r.keys() >= needed_keys:
             lacking = [k for k in needed if k not in r] if isinstance(r, dict) else needed
             raise EvaluationError(f"Results {source!r}: result #{n} lacks {lacking}; '{iou_type}' evaluation needs "
                                   f"{needed} in every result.")
@@ -254,15 +259,17 @@ def load_detections(results: Any, gt: GroundTruth, iou_type: str, *, need_catego
             raise EvaluationError(f"Results {source!r}: category id(s) {_few(unknown)} are not categories of the "
                                   f"ground truth {gt.source!r} (known: {_few(gt.category_ids)}). Map the model's "
                                   f"class indices to the dataset's category ids.")
-    bad = [n for n, r in enumerate(results) if not _is_number(r["score"]) or not math.isfinite(r["score"])]
-    if bad:
-        raise EvaluationError(f"Results {source!r}: result(s) #{_few(bad)} have a score that is not a finite number.")
+    scores = _numeric_array([r["score"] for r in results], (len(results),))
+    if scores is None:
+        bad = [n for n, r in enumerate(results) if not _is_number(r["score"]) or not math.isfinite(r["score"])]
+        raise EvaluationError(f"Results {source!r}: result(s) #{_few(bad)} have a score that is not a finite "
+                              f"number.")
 
     dets = Detections(
         image_index=np.array([image_pos[r["image_id"]] for r in results], dtype=np.int64),
         category_index=np.array([cat_pos[r["category_id"]] if "category_id" in r else 0 for r in results],
                                 dtype=np.int64),
-        score=np.array([r["score"] for r in results], dtype=np.float64),
+        score=scores,
         area=np.zeros(len(results)),
     )
     if iou_type == "bbox":
@@ -303,13 +310,34 @@ def _rle_areas(rles: list) -> np.ndarray:
 
 
 def _result_boxes(results: Sequence[dict], source: str) -> np.ndarray:
-    for n, r in enumerate(results):
-        box = r["bbox"]
-        if (not isinstance(box, (list, tuple, np.ndarray)) or len(box) != 4
-                or not all(_is_number(v) and math.isfinite(v) for v in box)):
-            raise EvaluationError(f"Results {source!r}: result #{n} (image id {r['image_id']!r}) has bbox {box!r}; "
-                                  f"expected [x, y, width, height] finite numbers.")
-    return np.array([r["bbox"] for r in results], dtype=np.float64).reshape(-1, 4)
+    boxes = _numeric_array([r["bbox"] for r in results], (len(results), 4))
+    if boxes is None:
+        for n, r in enumerate(results):
+            box = r["bbox"]
+            if (not isinstance(box, (list, tuple, np.ndarray)) or len(box) != 4
+                    or not all(_is_number(v) and math.isfinite(v) for v in box)):
+                raise EvaluationError(f"Results {source!r}: result #{n} (image id {r['image_id']!r}) has bbox "
+                                      f"{box!r}; expected [x, y, width, height] finite numbers.")
+        raise EvaluationError(f"Results {source!r}: the bboxes are not all [x, y, width, height] finite numbers.")
+    return boxes
+
+
+def _numeric_array(values: list, shape: tuple) -> np.ndarray | None:
+    """``values`` as a float64 array of ``shape`` if they are all finite numbers, else None.
+
+    One numpy conversion checks them all at once; the callers search item by item only on failure,
+    to name the culprit.
+    """
+    if not values:
+        return np.zeros(shape)
+    try:
+        arr = np.asarray(values)
+    except ValueError:  # ragged
+        return None
+    if arr.shape != shape or (arr.size and arr.dtype.kind not in "iuf"):
+        return None
+    arr = arr.astype(np.float64)
+    return arr if np.isfinite(arr).all() else None
 
 
 def _result_rle(n: int, r: dict, gt: GroundTruth, source: str) -> dict:

@@ -1,0 +1,102 @@
+"""Anchor boxes on a grid of feature-map locations.
+
+Values and order match torchvision's ``AnchorGenerator``: per level, location-major (row by row),
+then for each location the aspect ratios (outer) times sizes (inner); zero-centred cell anchors are
+rounded to integers and shifted by (x * stride_w, y * stride_h) with the stride equal to the padded
+image size divided by the feature size (integer division).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from swiftdet.structures import ImageList
+
+__all__ = ["AnchorGenerator"]
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors for several feature levels.
+
+    Args:
+        sizes: one tuple of sizes (in input pixels) per level.
+        aspect_ratios: one tuple of height/width ratios per level, or one tuple shared by all.
+    """
+
+    def __init__(self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[float] | Sequence[Sequence[float]]):
+        super().__init__()
+        self.sizes = [tuple(float(s) for s in level) for level in sizes]
+        if len(aspect_ratios) > 0 and not isinstance(aspect_ratios[0], (tuple, list)):
+            aspect_ratios = [tuple(aspect_ratios)] * len(self.sizes)
+        if len(aspect_ratios) != len(self.sizes):
+            raise ValueError(f"AnchorGenerator: {len(self.sizes)} levels of sizes but {len(aspect_ratios)} of aspect ratios")
+        self.aspect_ratios = [tuple(float(a) for a in level) for level in aspect_ratios]
+        # Anchors depend only on the grid and stride, so they are computed once per padded size.
+        # Bounded: multi-scale training sees a few dozen padded sizes at most.
+        self._cache: dict[tuple, Tensor] = {}
+        self._max_cache_entries = 256
+
+    def num_anchors_per_location(self) -> list[int]:
+        return [len(s) * len(a) for s, a in zip(self.sizes, self.aspect_ratios)]
+
+    def cell_anchors(self, level: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
+        """(A, 4) zero-centred anchors of ``level``, rounded to integers."""
+        scales = torch.as_tensor(self.sizes[level], dtype=dtype, device=device)
+        ratios = torch.as_tensor(self.aspect_ratios[level], dtype=dtype, device=device)
+        h_ratios = torch.sqrt(ratios)
+        w_ratios = 1 / h_ratios
+        ws = (w_ratios[:, None] * scales[None, :]).reshape(-1)
+        hs = (h_ratios[:, None] * scales[None, :]).reshape(-1)
+        return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+
+    def level_anchors(
+        self,
+        level: int,
+        grid_size: tuple[int, int],
+        stride: tuple[int, int],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> Tensor:
+        """(grid_h * grid_w * A, 4) anchors of one level; cached, so treat as read-only."""
+        device = torch.device(device)
+        key = (grid_size[0], grid_size[1], stride[0], stride[1], level, device, dtype)
+        anchors = self._cache.get(key)
+        if anchors is None:
+            base = self.cell_anchors(level, dtype, device)
+            shifts_x = torch.arange(grid_size[1], dtype=torch.int32, device=device) * stride[1]
+            shifts_y = torch.arange(grid_size[0], dtype=torch.int32, device=device) * stride[0]
+            shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+            shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+            shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+            anchors = (shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)
+            self._remember(key, anchors)
+        return anchors
+
+    def grid_anchors(self, image_shape: tuple[int, int], features: Sequence[Tensor]) -> list[Tensor]:
+        """Per level (H_l * W_l * A_l, 4) anchors for a padded batch of size ``image_shape`` = (H, W)."""
+        if len(features) != len(self.sizes):
+            raise ValueError(f"AnchorGenerator has {len(self.sizes)} levels but got {len(features)} feature maps")
+        out = []
+        for level, feat in enumerate(features):
+            gh, gw = int(feat.shape[-2]), int(feat.shape[-1])
+            stride = (image_shape[0] // gh, image_shape[1] // gw)
+            out.append(self.level_anchors(level, (gh, gw), stride, feat.dtype, feat.device))
+        return out
+
+    def forward(self, images: ImageList, features: Sequence[Tensor]) -> list[Tensor]:
+        """Per image (A_total, 4) anchors over all levels (the same tensor for every image)."""
+        image_shape = tuple(images.tensor.shape[-2:])
+        key = ("all", image_shape, tuple(tuple(f.shape[-2:]) for f in features), features[0].device, features[0].dtype)
+        anchors = self._cache.get(key)
+        if anchors is None:
+            levels = self.grid_anchors(image_shape, features)
+            anchors = torch.cat(levels) if len(levels) > 1 else levels[0]
+            self._remember(key, anchors)
+        return [anchors] * len(images)
+
+    def _remember(self, key: tuple, anchors: Tensor) -> None:
+        if len(self._cache) >= self._max_cache_entries:
+            self._cache.clear()
+        self._cache[key] = anchors

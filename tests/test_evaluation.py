@@ -445,6 +445,8 @@ def test_bad_options():
     results = make_results(gt, "keypoints", 1)
     with pytest.raises(EvaluationError, match="kpt_sigmas"):
         evaluate_coco(gt, results, "keypoints", kpt_sigmas=[0.1] * 5)
+    with pytest.raises(EvaluationError, match="use_cats=False"):
+        evaluate_coco(gt, results, "keypoints", use_cats=False)
     with pytest.raises(EvaluationError, match="iou_type"):
         evaluate_coco(gt, results, "boxes")
     with pytest.raises(EvaluationError, match="max_dets"):

@@ -154,6 +154,10 @@ def run_coco_evaluation(gt: Any, results: Any, iou_type: str = "bbox", *, use_ca
     """
     if iou_type not in IOU_TYPES:
         raise EvaluationError(f"iou_type {iou_type!r} is not one of {list(IOU_TYPES)}.")
+    if iou_type == "keypoints" and not use_cats:
+        # pycocotools' class-agnostic keypoint path looks OKS up under category -1 and matches nothing.
+        raise EvaluationError("Keypoint evaluation is per category: use_cats=False is supported for 'bbox' and "
+                              "'segm' only.")
     max_dets = _check_max_dets(iou_type, max_dets, proposals)
     areas = _KEYPOINT_AREAS if iou_type == "keypoints" else _DETECTION_AREAS
     gt_data = load_ground_truth(gt, iou_type)
@@ -307,7 +311,8 @@ def evaluate_coco(gt: Any, results: Any, iou_type: str = "bbox", *, use_cats: bo
             ``category_id``, ``score`` and ``bbox`` [x, y, w, h] | ``segmentation`` (compressed RLE,
             counts str or bytes) | ``keypoints`` [x1, y1, v1, ...].
         iou_type: "bbox", "segm" or "keypoints".
-        use_cats: False evaluates class-agnostically (category_id then optional).
+        use_cats: False evaluates class-agnostically (bbox/segm; category_id then optional and only
+            orders score ties, as in pycocotools).
         max_dets: bbox/segm: three values (default 1, 10, 100); keypoints: one (default 20). AP uses
             the largest.
         kpt_sigmas: per-keypoint OKS sigmas (default COCO's 17 person sigmas).

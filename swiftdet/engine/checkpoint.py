@@ -1,0 +1,221 @@
+"""Training checkpoints that never lose a run.
+
+Layout under ``OUTPUT/checkpoints/``::
+
+    model_0005000.pth   the last ``keep_last`` periodic checkpoints (full training state)
+    last.pth            the newest of them (a hard link, or a copy where links are unsupported)
+    best.pth            model file of the best evaluation so far by ``test.best_metric``
+
+Every file is written with :func:`swiftdet.utils.io.atomic_torch_save` (temp file, fsync, rename), and
+older checkpoints are pruned only after the new one is safely on disk, so a kill or a full disk at any
+moment leaves the previous checkpoint readable.
+
+A checkpoint is the model-file dict of the contracts (``format``, ``model``, ``config``, ``meta``)
+plus ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``iteration``, ``rng`` and ``loader``.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from swiftdet.config.core import config_to_dict
+from swiftdet.errors import SwiftdetError, WeightsError
+from swiftdet.utils.io import atomic_torch_save
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointManager",
+    "CheckpointWriteError",
+    "capture_rng_state",
+    "check_same_model_config",
+    "load_checkpoint_file",
+    "model_file_dict",
+    "restore_rng_state",
+]
+
+CHECKPOINT_FORMAT = "swiftdet-checkpoint/1"
+_PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
+
+
+class CheckpointWriteError(SwiftdetError, OSError):
+    """A checkpoint could not be written (disk full, folder removed, permissions); older ones are intact."""
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every random generator a training step can draw from: python, numpy, torch CPU and CUDA."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        saved = state["cuda"]
+        # A run resumed on fewer/more GPUs restores the devices both runs have.
+        for index in range(min(len(saved), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(saved[index], index)
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """Read one of our checkpoint/model files, with a clear error for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"Checkpoint '{path}' does not exist. Check the path (a .pth file written by swiftdet train).")
+    try:
+        # Training checkpoints hold numpy/python RNG states, which the weights-only unpickler refuses;
+        # these files are written by swiftdet itself.
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for a corrupt or truncated file
+        raise WeightsError(
+            f"Checkpoint '{path}' cannot be read ({type(error).__name__}: {error}). It may be truncated or "
+            "not a PyTorch file; use another checkpoint (e.g. an older model_*.pth in the same folder)."
+        ) from error
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT or "model" not in data:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise WeightsError(
+            f"'{path}' is not a swiftdet checkpoint (expected format '{CHECKPOINT_FORMAT}', found {found!r}). "
+            "Use a file written by swiftdet train, or convert foreign weights with swiftdet's weights tools."
+        )
+    return data
+
+
+def _model_relevant(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config that decides the weights' shapes and meaning: ``model`` minus its init weights."""
+    model = dict(config.get("model", {}))
+    model.pop("weights", None)
+    if isinstance(model.get("backbone"), dict):
+        model["backbone"] = {k: v for k, v in model["backbone"].items() if k not in ("weights", "freeze_at")}
+    return model
+
+
+def _differences(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _differences(a.get(key), b.get(key), f"{prefix}.{key}")
+        return out
+    return [] if a == b else [f"{prefix}: checkpoint {b!r}, config {a!r}"]
+
+
+def check_same_model_config(config: dict[str, Any], checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Raise WeightsError when ``checkpoint`` was trained with another model config than ``config``."""
+    saved = checkpoint.get("config")
+    if not isinstance(saved, dict):
+        raise WeightsError(f"Checkpoint '{path}' holds no config, so it cannot be checked against this run's config.")
+    diffs = _differences(_model_relevant(config), _model_relevant(saved), "model")
+    if diffs:
+        shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
+        raise WeightsError(
+            f"Checkpoint '{path}' was trained with another model config ({shown}). Resume with the config the run "
+            "was started with (its copy is config.yaml in the output folder), or use another --output folder."
+        )
+
+
+class CheckpointManager:
+    """Writes, lists and prunes the checkpoints of one run (only rank 0 should write)."""
+
+    def __init__(self, directory: str | Path, keep_last: int):
+        self.directory = Path(directory)
+        self.keep_last = max(1, keep_last)
+
+    @property
+    def last_path(self) -> Path:
+        return self.directory / "last.pth"
+
+    @property
+    def best_path(self) -> Path:
+        return self.directory / "best.pth"
+
+    def periodic_checkpoints(self) -> list[tuple[int, Path]]:
+        """(iteration, path) of the periodic checkpoints present, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for entry in self.directory.iterdir():
+            match = _PERIODIC.match(entry.name)
+            if match:
+                found.append((int(match.group(1)), entry))
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        """The checkpoint to resume from: the newest periodic one (``last.pth`` if only it is left).
+
+        The newest ``model_*.pth`` is complete whenever it exists (atomic write), even if a kill came
+        before ``last.pth`` was pointed at it.
+        """
+        periodic = self.periodic_checkpoints()
+        if periodic:
+            return periodic[-1][1]
+        return self.last_path if self.last_path.is_file() else None
+
+    def save(self, state: dict[str, Any], iteration: int) -> Path:
+        """Write ``model_{iteration}.pth``, point ``last.pth`` at it, then prune beyond ``keep_last``."""
+        path = self.directory / f"model_{iteration:07d}.pth"
+        self._write(state, path)
+        self._link_last(path)
+        for _, old in self.periodic_checkpoints()[: -self.keep_last]:
+            old.unlink()
+        return path
+
+    def save_best(self, state: dict[str, Any]) -> Path:
+        self._write(state, self.best_path)
+        return self.best_path
+
+    def _write(self, state: dict[str, Any], path: Path) -> None:
+        try:
+            atomic_torch_save(state, path)
+        except OSError as error:
+            previous = self.latest()
+            kept = (
+                f"The previous checkpoint {previous} is intact; resume from it with --resume"
+                if previous is not None
+                else "No earlier checkpoint of this run exists"
+            )
+            hint = "free some disk space" if error.errno == errno.ENOSPC else "make the folder writable"
+            raise CheckpointWriteError(
+                f"Could not write checkpoint {path}: {error.strerror or error}. {kept} once you {hint}."
+            ) from error
+
+    def _link_last(self, target: Path) -> None:
+        """Replace ``last.pth`` atomically by a hard link to ``target`` (no second copy on disk)."""
+        fd, tmp = tempfile.mkstemp(prefix=".last.pth.", suffix=".tmp", dir=self.directory)
+        os.close(fd)
+        os.unlink(tmp)
+        try:
+            try:
+                os.link(target, tmp)
+            except OSError as error:
+                if error.errno not in (errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                # Filesystems without hard links (some network/FAT mounts) get a copy instead.
+                shutil.copyfile(target, tmp)
+            os.replace(tmp, self.last_path)
+        except OSError as error:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise CheckpointWriteError(
+                f"Wrote checkpoint {target} but could not update {self.last_path}: {error.strerror or error}. "
+                f"Resume works from {target} (the newest model_*.pth is used when last.pth is stale)."
+            ) from error
+
+
+def model_file_dict(model_state: dict[str, Any], config: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """The contracts' model-file dict (what inference and export load)."""
+    return {"format": CHECKPOINT_FORMAT, "model": model_state, "config": config_to_dict(config), "meta": meta}

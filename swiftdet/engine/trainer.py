@@ -1,0 +1,447 @@
+"""The iteration-based training loop: one code path for CPU/GPU, one or several processes.
+
+:class:`Trainer` takes an already-built model, a factory of the (infinite, resumable) train loader and
+an evaluation callable, and owns the rest: optimizer and schedule, AMP, gradient accumulation and
+clipping, EMA, logging, checkpoints and resuming. :func:`run_training` builds those parts from a
+config (dataset, loaders, model) and is what ``swiftdet train`` calls in every process.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from swiftdet.config.core import config_to_dict, config_to_yaml
+from swiftdet.config.schema import Config
+from swiftdet.engine.checkpoint import (
+    CheckpointManager,
+    capture_rng_state,
+    check_same_model_config,
+    load_checkpoint_file,
+    model_file_dict,
+    restore_rng_state,
+)
+from swiftdet.engine.distributed import all_gather_object, barrier, get_rank, get_world_size, local_rank
+from swiftdet.engine.ema import ModelEMA
+from swiftdet.engine.logging import MetricsWriter, format_progress, memory_text, setup_logger
+from swiftdet.engine.optim import IterationLRSchedule, build_optimizer, scaled_base_lr
+from swiftdet.errors import ConfigError, SwiftdetError, WeightsError
+from swiftdet.evaluation.coco import detection_metric_specs, keypoint_metric_specs
+from swiftdet.structures import Instances
+from swiftdet.utils.io import atomic_write
+
+__all__ = [
+    "TrainingDivergedError",
+    "Trainer",
+    "check_best_metric",
+    "default_device",
+    "per_process_batch_size",
+    "prepare_output_dir",
+    "seed_everything",
+    "write_config",
+]
+
+logger = logging.getLogger("swiftdet")
+
+TrainLoaderFactory = Callable[[int], Iterable[list[Any]]]
+EvaluateFn = Callable[[nn.Module, str], dict[str, float]]
+
+
+class TrainingDivergedError(SwiftdetError, FloatingPointError):
+    """A loss became NaN or infinite; the run stopped before the bad update was applied."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def default_device() -> torch.device:
+    """This process's GPU when CUDA is available (LOCAL_RANK picks it), else the CPU."""
+    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def per_process_batch_size(total: int, world_size: int, accumulate_steps: int) -> int:
+    """Images per forward pass in one process, from ``solver.ims_per_batch`` (total per optimizer step)."""
+    parts = world_size * accumulate_steps
+    if total % parts != 0:
+        raise ConfigError(
+            f"solver.ims_per_batch={total} is the total batch of one optimizer step and must be divisible by "
+            f"processes x solver.accumulate_steps = {world_size} x {accumulate_steps} = {parts}. "
+            f"Use e.g. solver.ims_per_batch={max(parts, total // parts * parts)}."
+        )
+    return total // parts
+
+
+def check_best_metric(cfg: Config) -> None:
+    """Fail at start, not after hours of training, when ``test.best_metric`` can never be produced."""
+    name = cfg.test.best_metric
+    detection = [s.name for s in detection_metric_specs((1, 10, 100))]
+    valid = [f"bbox/{n}" for n in detection]
+    if cfg.model.mask_on:
+        valid += [f"segm/{n}" for n in detection]
+    valid += [f"keypoints/{s.name}" for s in keypoint_metric_specs(20)]
+    if cfg.solver.ema_decay > 0:
+        valid += [f"ema/{v}" for v in valid]
+    if name not in valid:
+        raise ConfigError(
+            f"test.best_metric '{name}' is not a metric this run produces. Choose one of: {', '.join(valid[:14])}"
+            + (", ... (the same with 'ema/' in front)" if cfg.solver.ema_decay > 0 else "")
+            + "."
+        )
+
+
+def prepare_output_dir(path: str | Path, *, resume: bool) -> Path:
+    """Create ``path`` if needed and check it can hold this run, without touching anything in it.
+
+    A fresh run refuses a folder that already holds checkpoints (they would be mixed and pruned);
+    ``--resume`` needs one.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(
+            f"Output folder '{path}' is not writable ({error.strerror or error}). Pass --output with a folder "
+            "you can write to (or set output_dir=...)."
+        ) from error
+    latest = CheckpointManager(path / "checkpoints", 1).latest()
+    if resume and latest is None:
+        raise WeightsError(
+            f"--resume was given but '{path / 'checkpoints'}' holds no checkpoint (model_*.pth or last.pth). "
+            "Run without --resume to start training, or point --output at the folder of the run to continue."
+        )
+    if not resume and latest is not None:
+        raise ConfigError(
+            f"Output folder '{path}' already holds checkpoints of a run (newest: {latest.name}). Pass --resume "
+            "to continue that run, or choose another --output folder; nothing was changed."
+        )
+    return path
+
+
+class Trainer:
+    """Trains ``model`` for ``cfg.solver.max_iter`` iterations.
+
+    Args:
+        cfg: the whole config (solver, test, seed and model config for checkpoints).
+        model: the detector (contract: ``preprocess``, loss dict in training mode, ``predict``),
+            already on ``device``; wrapped in DistributedDataParallel here when several processes run.
+        train_loader_factory: ``factory(start)`` returns the infinite train loader of this process
+            positioned after ``start`` batches (so a resumed run continues the same stream).
+        evaluate: ``evaluate(model, prefix)`` returns flat metrics (e.g. ``{"bbox/AP": ...}``) with
+            names prefixed by ``prefix``; called on every rank. None disables evaluation.
+        meta: dataset metadata saved in checkpoints (class_names, category_ids, keypoint_names).
+        output_dir: the run's folder (see :func:`prepare_output_dir`).
+        device: where the model lives.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        train_loader_factory: TrainLoaderFactory,
+        evaluate: EvaluateFn | None,
+        meta: dict[str, Any],
+        output_dir: str | Path,
+        device: torch.device,
+    ):
+        self.cfg = cfg
+        self.solver = cfg.solver
+        self.device = device
+        self.rank = get_rank()
+        self.world_size = get_world_size()
+        self.meta = meta
+        self.output_dir = Path(output_dir)
+        self.train_loader_factory = train_loader_factory
+        self.evaluate = evaluate
+        check_best_metric(cfg)
+
+        self.model = model
+        self.module = model  # the unwrapped detector: checkpoints, EMA and evaluation use it
+        if self.world_size > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.optimizer = build_optimizer(self.module, self.solver)
+        self.schedule = IterationLRSchedule(self.optimizer, self.solver)
+        self.amp_dtype = self._amp_dtype()
+        # Loss scaling is needed for fp16 only; bf16 has fp32's range.
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.ema = ModelEMA(self.module, self.solver.ema_decay) if self.solver.ema_decay > 0 else None
+        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", self.solver.keep_last)
+        self.writer: MetricsWriter | None = None
+        self.iteration = 0
+        self.best_value = -math.inf
+        self.last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------------------------------
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.solver.amp
+        if amp == "off":
+            return None
+        if amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError(
+                "solver.amp=fp16 needs a CUDA GPU (float16 training relies on its loss scaling); on the CPU use "
+                "solver.amp=bf16 or solver.amp=off."
+            )
+        return torch.float16 if amp == "fp16" else torch.bfloat16
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs; RNG states of every rank (collective: call on all ranks)."""
+        rng = all_gather_object(capture_rng_state())
+        state = model_file_dict(self.module.state_dict(), self.cfg, self.meta)
+        state.update(
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.schedule.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            iteration=self.iteration,
+            rng=rng,
+            loader={"batches": self.iteration * self.solver.accumulate_steps, "world_size": self.world_size},
+            best_value=self.best_value,
+        )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
+        check_same_model_config(config_to_dict(self.cfg), state, path)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                logger.warning(f"{path} has no EMA weights (EMA was off); the EMA starts from the current weights.")
+            else:
+                self.ema.load_state_dict(state["ema"])
+        self.iteration = int(state["iteration"])
+        self.best_value = float(state.get("best_value", -math.inf))
+        rng = state["rng"]
+        if len(rng) != self.world_size:
+            logger.warning(
+                f"{path} was written by {len(rng)} processes and this run has {self.world_size}; the random streams "
+                "and data order continue approximately, not exactly."
+            )
+        restore_rng_state(rng[min(self.rank, len(rng) - 1)])
+
+    def save_checkpoint(self) -> None:
+        state = self.state_dict()  # collective
+        if self.rank == 0:
+            self.last_checkpoint = self.checkpoints.save(state, self.iteration)
+            logger.info(f"saved checkpoint {self.last_checkpoint}")
+        barrier()
+
+    # ------------------------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> dict[str, float]:
+        """Run (or continue with ``resume``) until ``max_iter``; returns the final evaluation metrics."""
+        if resume:
+            path = self.checkpoints.latest()
+            if path is None:
+                raise WeightsError(f"--resume was given but {self.checkpoints.directory} holds no checkpoint.")
+            self.load_state_dict(load_checkpoint_file(path), path)
+            self.last_checkpoint = path
+            logger.info(f"resumed from {path} at iteration {self.iteration}")
+        if self.rank == 0:
+            self.writer = MetricsWriter(self.output_dir)
+            if resume:
+                dropped = self.writer.truncate_after(self.iteration)
+                if dropped:
+                    logger.info(f"metrics.jsonl: dropped {dropped} records logged after iteration {self.iteration}")
+        base_lr = scaled_base_lr(self.solver)
+        if base_lr != self.solver.base_lr:
+            logger.info(
+                f"solver.ims_per_batch={self.solver.ims_per_batch} differs from solver.reference_batch_size="
+                f"{self.solver.reference_batch_size}: base_lr {self.solver.base_lr:g} scaled linearly to {base_lr:g}"
+            )
+        metrics: dict[str, float] = {}
+        try:
+            if self.iteration < self.solver.max_iter:
+                metrics = self._loop()
+            else:
+                logger.info(f"already trained to iteration {self.iteration} = solver.max_iter; evaluating only")
+                metrics = self._evaluate()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return metrics
+
+    def _loop(self) -> dict[str, float]:
+        solver = self.solver
+        accumulate = solver.accumulate_steps
+        # Building the loader may draw from torch's generator (DataLoader base seeds); keep that out of
+        # the training stream so that a resumed run draws exactly what an uninterrupted one draws.
+        with self._fork_rng():
+            loader: Iterator[list[Any]] = iter(self.train_loader_factory(self.iteration * accumulate))
+        self.model.train()
+        logger.info(f"starting training from iteration {self.iteration} to {solver.max_iter}")
+        recent_times: list[float] = []
+        metrics: dict[str, float] = {}
+        while self.iteration < solver.max_iter:
+            start = time.perf_counter()
+            lr = self.schedule.step(self.iteration)
+            data_time = 0.0
+            totals: dict[str, torch.Tensor] = {}
+            for micro in range(accumulate):
+                fetch = time.perf_counter()
+                batch = next(loader)
+                data_time += time.perf_counter() - fetch
+                sync = (
+                    self.model.no_sync()
+                    if isinstance(self.model, nn.parallel.DistributedDataParallel) and micro < accumulate - 1
+                    else contextlib.nullcontext()
+                )
+                with sync:
+                    images = self.module.preprocess([s.image for s in batch])
+                    targets = [_targets_of(s).to(self.device) for s in batch]
+                    with self._autocast():
+                        losses = self.model(images, targets)
+                    loss = sum(losses.values()) / accumulate
+                    # Non-finite losses are caught after the reduction below, before the optimizer
+                    # step, so that every rank stops at the same iteration and no bad update lands.
+                    if self.scaler is not None:
+                        self.scaler.scale(loss).backward()
+                    else:
+                        loss.backward()
+                for name, value in losses.items():
+                    totals[name] = totals.get(name, 0.0) + value.detach().float() / accumulate
+            values = self._reduce(totals)
+            self._check_finite(values)
+            self._step()
+            self.iteration += 1
+
+            elapsed = time.perf_counter() - start
+            recent_times = (recent_times + [elapsed])[-20:]
+            if self.iteration % solver.log_period == 0 or self.iteration == solver.max_iter:
+                self._log(values, lr, elapsed, data_time, sum(recent_times) / len(recent_times))
+            last = self.iteration == solver.max_iter
+            eval_period = self.cfg.test.eval_period
+            # Evaluate before saving, so the checkpoint of this iteration knows the best value so far.
+            if (eval_period > 0 and self.iteration % eval_period == 0) or last:
+                metrics = self._evaluate()
+                self.model.train()
+            if self.iteration % solver.checkpoint_period == 0 or last:
+                self.save_checkpoint()
+        return metrics
+
+    def _fork_rng(self) -> contextlib.AbstractContextManager:
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        return torch.random.fork_rng(devices=devices)
+
+    def _reduce(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Loss terms averaged over processes (one small all-reduce per iteration), plus their sum."""
+        names = sorted(totals)
+        stacked = torch.stack([totals[n] for n in names])
+        if self.world_size > 1:
+            dist.all_reduce(stacked)
+            stacked /= self.world_size
+        values = dict(zip(names, stacked.tolist()))
+        return {"loss": sum(values.values()), **values}
+
+    def _check_finite(self, values: dict[str, float]) -> None:
+        bad = [name for name, v in values.items() if name != "loss" and not math.isfinite(v)]
+        if not bad:
+            return
+        saved = (
+            f"The last good checkpoint is {self.last_checkpoint} (left intact; resume from it with --resume)."
+            if self.last_checkpoint is not None
+            else "No checkpoint had been written yet."
+        )
+        detail = ", ".join(f"{name} = {values[name]}" for name in bad)
+        raise TrainingDivergedError(
+            f"Training stopped at iteration {self.iteration + 1}: loss term {bad[0]} is not finite ({detail}); the "
+            f"update was not applied. {saved} Lower solver.base_lr, lengthen solver.warmup_iters or set "
+            "solver.clip_grad_norm, and check the data of this iteration's images."
+        )
+
+    def _step(self) -> None:
+        clip = self.solver.clip_grad_norm
+        if self.scaler is not None:
+            if clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.module.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if clip > 0:
+                nn.utils.clip_grad_norm_(self.module.parameters(), clip)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.module)
+
+    def _log(self, values: dict[str, float], lr: float, iter_time: float, data_time: float, mean_time: float) -> None:
+        if self.rank != 0:
+            return
+        memory = memory_text(self.device)
+        logger.info(format_progress(self.iteration, self.solver.max_iter, values, lr, mean_time, data_time, memory))
+        record = {"iter": self.iteration, "lr": lr, **values, "time": iter_time, "data_time": data_time}
+        if self.device.type == "cuda":
+            record["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        assert self.writer is not None
+        self.writer.write(record)
+
+    # ------------------------------------------------------------------------------------------
+    def _evaluate(self) -> dict[str, float]:
+        if self.evaluate is None:
+            return {}
+        # Evaluation must not shift the training random streams (test loaders draw seeds).
+        with self._fork_rng():
+            metrics = dict(self.evaluate(self.module, ""))
+            if self.ema is not None:
+                metrics.update(self.evaluate(self.ema.model, "ema/"))
+        if self.rank == 0:
+            assert self.writer is not None
+            self.writer.write({"iter": self.iteration, **metrics})
+            self._maybe_save_best(metrics)
+        barrier()
+        return metrics
+
+    def _maybe_save_best(self, metrics: dict[str, float]) -> None:
+        name = self.cfg.test.best_metric
+        value = metrics.get(name)
+        if value is None:
+            logger.warning(f"test.best_metric '{name}' is not among this evaluation's metrics; best.pth not updated")
+            return
+        if value <= self.best_value:
+            return
+        self.best_value = value
+        use_ema = name.startswith("ema/")
+        weights = self.ema.model.state_dict() if use_ema and self.ema is not None else self.module.state_dict()
+        state = model_file_dict(weights, self.cfg, self.meta)
+        state.update(iteration=self.iteration, metrics=metrics, best_metric=name, ema_weights=use_ema)
+        path = self.checkpoints.save_best(state)
+        logger.info(f"new best {name} = {value:.4f} at iteration {self.iteration}: saved {path}")
+
+
+def _targets_of(sample: Any) -> Instances:
+    """The sample's targets; an image kept without annotations trains as pure background."""
+    if sample.instances is not None:
+        return sample.instances
+    return Instances.empty((int(sample.image.shape[-2]), int(sample.image.shape[-1])))
+
+
+def write_config(cfg: Config, output_dir: Path) -> Path:
+    """Write the resolved config as ``config.yaml`` (atomically)."""
+    text = config_to_yaml(cfg)
+    return atomic_write(output_dir / "config.yaml", lambda f: f.write(text), mode="w")

@@ -1,0 +1,284 @@
+"""Training and test loaders: batches of :class:`Sample` (resized image + targets).
+
+Each sample is decoded and augmented by a plain function of (dataset, index, global position), so
+a batch does not depend on which worker made it: 0 or N workers give identical batches, and
+``start_iter=k`` gives exactly the batches an uninterrupted run gave from iteration k.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from swiftdet.config.schema import Config
+from swiftdet.data.dataset import DetectionDataset
+from swiftdet.data.samplers import InferenceSampler, TrainBatchSampler
+from swiftdet.data.transforms import (
+    Augmentation,
+    apply_augmentation,
+    augmentation_rng,
+    read_image,
+    record_to_instances,
+    sample_augmentation,
+)
+from swiftdet.errors import DatasetError, InputError, SwiftdetError
+from swiftdet.structures import Instances, flip_indices
+
+__all__ = ["Sample", "SampleMapper", "TestLoader", "TrainLoader", "build_test_loader", "build_train_loader"]
+
+
+@dataclass
+class Sample:
+    """One image ready for ``model.preprocess``.
+
+    Attributes:
+        image: (3, H, W) float32 RGB in 0-255, already resized (not normalised, not padded).
+        image_id: dataset image id.
+        file_name: path of the image file (image_root joined with the json's file_name).
+        original_size: (h, w) of the image on disk.
+        instances: targets in the resized image's coordinates (boxes, int64 labels, masks,
+            keypoints), crowd annotations excluded; None when the loader was asked for none.
+    """
+
+    image: Tensor
+    image_id: int
+    file_name: str
+    original_size: tuple[int, int]
+    instances: Instances | None
+
+
+class SampleMapper:
+    """Turns (dataset index, global stream position) into a :class:`Sample`.
+
+    Args:
+        training: draw an augmentation from (seed, position) with ``min_sizes``/``hflip_prob``;
+            otherwise resize to ``min_sizes[-1]`` without flipping.
+        with_targets: build ``Sample.instances``.
+    """
+
+    def __init__(
+        self,
+        dataset: DetectionDataset,
+        *,
+        training: bool,
+        min_sizes: Sequence[int],
+        max_size: int,
+        hflip_prob: float = 0.0,
+        seed: int = 0,
+        keypoint_flip_map: Sequence[tuple[str, str]] = (),
+        with_targets: bool = True,
+    ):
+        self.dataset = dataset
+        self.training = training
+        self.min_sizes = tuple(int(s) for s in min_sizes)
+        self.max_size = int(max_size)
+        self.hflip_prob = float(hflip_prob)
+        self.seed = int(seed)
+        self.with_targets = with_targets
+        names = dataset.meta.keypoint_names
+        flip_map = tuple(keypoint_flip_map) or dataset.meta.keypoint_flip_map
+        try:
+            self.flip_index = flip_indices(names, flip_map) if names else None
+        except ValueError as e:
+            raise DatasetError(f"{dataset.load_summary.source}: data.keypoint_flip_map does not fit the keypoints: {e}.") from None
+
+    def augmentation(self, position: int) -> Augmentation:
+        if not self.training:
+            return Augmentation(self.min_sizes[-1], self.max_size, False)
+        return sample_augmentation(augmentation_rng(self.seed, position), self.min_sizes, self.max_size, self.hflip_prob)
+
+    def __call__(self, index: int, position: int) -> Sample:
+        ds = self.dataset
+        record = ds.get(index)
+        try:
+            image = read_image(record.file_name)
+        except InputError as e:
+            raise DatasetError(f"{ds.load_summary.source} (image id {record.image_id}): {e}") from None
+        h, w = int(image.shape[1]), int(image.shape[2])
+        if (h, w) != (record.height, record.width):
+            raise DatasetError(
+                f"{ds.load_summary.source} (image id {record.image_id}): the annotations say the image is "
+                f"{record.height}x{record.width} (height x width) but '{record.file_name}' is {h}x{w} after applying its "
+                "EXIF orientation. Fix 'height'/'width' in the annotations (and check boxes) or the file."
+            )
+        instances = None
+        if self.with_targets:
+            instances = record_to_instances(record, with_masks=ds.has_masks, with_keypoints=ds.has_keypoints)
+        image, instances = apply_augmentation(image.float(), instances, self.augmentation(position), self.flip_index)
+        return Sample(image=image, image_id=record.image_id, file_name=record.file_name, original_size=(h, w), instances=instances)
+
+
+@dataclass
+class _Failure:
+    """A user error raised in a worker, carried back whole (DataLoader would wrap it in a traceback)."""
+
+    error_type: type
+    message: str
+
+
+class _MappedDataset(Dataset):
+    """Map-style view whose keys are (global position, dataset index) pairs."""
+
+    def __init__(self, mapper: SampleMapper):
+        self.mapper = mapper
+
+    def __len__(self) -> int:
+        return len(self.mapper.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Sample | _Failure:
+        position, index = key
+        try:
+            return self.mapper(index, position)
+        except SwiftdetError as e:
+            return _Failure(type(e), str(e))
+
+
+def _collate_list(batch: list) -> list:
+    return batch
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Workers decode and resize one image at a time; more threads per worker only contend.
+    torch.set_num_threads(1)
+
+
+def _unwrap(batch: list) -> list[Sample]:
+    for item in batch:
+        if isinstance(item, _Failure):
+            raise item.error_type(item.message)
+    return batch
+
+
+def _make_loader(dataset: Dataset, batch_sampler, num_workers: int) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        collate_fn=_collate_list,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+    )
+
+
+class TrainLoader:
+    """Infinite iterable of ``list[Sample]`` (this process's batch).
+
+    ``iteration`` counts the batches handed out (starting at ``start_iter``); ``state_dict()``
+    holds it, and ``build_train_loader(..., start_iter=state["iteration"])`` resumes exactly.
+    Iterating again continues from ``iteration``.
+    """
+
+    def __init__(self, mapper: SampleMapper, batch_sampler: TrainBatchSampler, num_workers: int):
+        self.mapper = mapper
+        self.batch_sampler = batch_sampler
+        self.num_workers = num_workers
+        self.batch_size = batch_sampler.batch_size
+        self.iteration = batch_sampler.start_iter
+        self._loader: DataLoader | None = None
+
+    def __iter__(self) -> Iterator[list[Sample]]:
+        self.batch_sampler.start_iter = self.iteration
+        if self._loader is None:
+            self._loader = _make_loader(_MappedDataset(self.mapper), self.batch_sampler, self.num_workers)
+        for batch in self._loader:
+            batch = _unwrap(batch)
+            self.iteration += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        s = self.batch_sampler
+        return {"iteration": self.iteration, "seed": s.seed, "batch_size": s.batch_size, "world_size": s.world_size}
+
+
+class TestLoader:
+    """Finite iterable of ``list[Sample]`` in dataset order (this rank's contiguous shard)."""
+
+    def __init__(self, mapper: SampleMapper, sampler: InferenceSampler, batch_size: int, num_workers: int):
+        self.mapper = mapper
+        self.sampler = sampler
+        self.batch_size = batch_size
+        indices = list(sampler)
+        self._batches = [[(i, i) for i in indices[k : k + batch_size]] for k in range(0, len(indices), batch_size)]
+        self._loader = _make_loader(_MappedDataset(mapper), self._batches, num_workers)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __iter__(self) -> Iterator[list[Sample]]:
+        for batch in self._loader:
+            yield _unwrap(batch)
+
+
+def _num_workers(cfg: Config, num_workers: int | None) -> int:
+    n = cfg.data.num_workers if num_workers is None else num_workers
+    if n < 0:
+        raise DatasetError(f"data.num_workers must be >= 0, got {n}.")
+    return int(n)
+
+
+def build_train_loader(
+    cfg: Config,
+    dataset: DetectionDataset,
+    *,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    start_iter: int = 0,
+    num_workers: int | None = None,
+) -> TrainLoader:
+    """Infinite training batches for one process.
+
+    Args:
+        cfg: uses ``seed``, ``input.min_size_train/max_size_train/hflip_prob``,
+            ``data.aspect_ratio_grouping``, ``data.num_workers``, ``data.keypoint_flip_map``.
+        dataset: typically ``load_dataset(cfg.data.train, training=True)``.
+        batch_size: images per batch in this process (``solver.ims_per_batch // world_size``).
+        start_iter: first iteration to produce (exact resume).
+        num_workers: overrides ``cfg.data.num_workers``.
+    """
+    if len(dataset) == 0:
+        raise DatasetError(f"{dataset.load_summary.source}: no training images left after loading; see the load summary above.")
+    mapper = SampleMapper(
+        dataset,
+        training=True,
+        min_sizes=cfg.input.min_size_train,
+        max_size=cfg.input.max_size_train,
+        hflip_prob=cfg.input.hflip_prob,
+        seed=cfg.seed,
+        keypoint_flip_map=cfg.data.keypoint_flip_map,
+    )
+    group_of = None
+    if cfg.data.aspect_ratio_grouping:
+        group_of = (dataset.images.widths > dataset.images.heights).astype(np.int64)
+    batch_sampler = TrainBatchSampler(
+        len(dataset), batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
+        group_of=group_of, start_iter=start_iter,
+    )
+    return TrainLoader(mapper, batch_sampler, _num_workers(cfg, num_workers))
+
+
+def build_test_loader(
+    cfg: Config,
+    dataset: DetectionDataset,
+    *,
+    batch_size: int = 1,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int | None = None,
+    with_targets: bool = True,
+) -> TestLoader:
+    """Ordered, finite batches resized to ``input.min_size_test``/``max_size_test``; this rank gets
+    a contiguous shard, all ranks together every image exactly once."""
+    mapper = SampleMapper(
+        dataset,
+        training=False,
+        min_sizes=(cfg.input.min_size_test,),
+        max_size=cfg.input.max_size_test,
+        keypoint_flip_map=cfg.data.keypoint_flip_map,
+        with_targets=with_targets,
+    )
+    return TestLoader(mapper, InferenceSampler(len(dataset), rank, world_size), batch_size, _num_workers(cfg, num_workers))

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from swiftdet.config.schema import Config
-from swiftdet.data.dataset import DetectionDataset
+from swiftdet.data.dataset import DetectionDataset, ImageRecord
 from swiftdet.data.samplers import InferenceSampler, TrainBatchSampler
 from swiftdet.data.transforms import (
     Augmentation,
@@ -28,7 +28,7 @@ from swiftdet.data.transforms import (
 from swiftdet.errors import DatasetError, InputError, SwiftdetError
 from swiftdet.structures import Instances, flip_indices
 
-__all__ = ["Sample", "SampleMapper", "TestLoader", "TrainLoader", "build_test_loader", "build_train_loader"]
+__all__ = ["Sample", "SampleMapper", "read_record_image", "TestLoader", "TrainLoader", "build_test_loader", "build_train_loader"]
 
 
 @dataclass
@@ -49,6 +49,23 @@ class Sample:
     file_name: str
     original_size: tuple[int, int]
     instances: Instances | None
+
+
+def read_record_image(dataset: DetectionDataset, record: ImageRecord) -> Tensor:
+    """(3, H, W) uint8 image of a record; DatasetError naming the file and image id if it cannot be
+    decoded or its size differs from the annotations'."""
+    try:
+        image = read_image(record.file_name)
+    except InputError as e:
+        raise DatasetError(f"{dataset.load_summary.source} (image id {record.image_id}): {e}") from None
+    h, w = int(image.shape[1]), int(image.shape[2])
+    if (h, w) != (record.height, record.width):
+        raise DatasetError(
+            f"{dataset.load_summary.source} (image id {record.image_id}): the annotations say the image is "
+            f"{record.height}x{record.width} (height x width) but '{record.file_name}' is {h}x{w} after applying its "
+            "EXIF orientation. Fix 'height'/'width' in the annotations (and check the boxes) or replace the file."
+        )
+    return image
 
 
 class SampleMapper:
@@ -94,17 +111,8 @@ class SampleMapper:
     def __call__(self, index: int, position: int) -> Sample:
         ds = self.dataset
         record = ds.get(index)
-        try:
-            image = read_image(record.file_name)
-        except InputError as e:
-            raise DatasetError(f"{ds.load_summary.source} (image id {record.image_id}): {e}") from None
+        image = read_record_image(ds, record)
         h, w = int(image.shape[1]), int(image.shape[2])
-        if (h, w) != (record.height, record.width):
-            raise DatasetError(
-                f"{ds.load_summary.source} (image id {record.image_id}): the annotations say the image is "
-                f"{record.height}x{record.width} (height x width) but '{record.file_name}' is {h}x{w} after applying its "
-                "EXIF orientation. Fix 'height'/'width' in the annotations (and check boxes) or the file."
-            )
         instances = None
         if self.with_targets:
             instances = record_to_instances(record, with_masks=ds.has_masks, with_keypoints=ds.has_keypoints)

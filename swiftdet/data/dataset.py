@@ -846,4 +846,6 @@ def _filter_for_training(
         summary.dropped_images_without_keypoints = int(few.sum())
         keep_image &= ~few
     summary.dropped_annotations_with_images = int(ann_keep[~keep_image[image_of_ann]].sum()) if len(ann_keep) else 0
+    if keep_image.all() and ann_keep.all():
+        return dataset
     return dataset.select(np.nonzero(keep_image)[0], ann_keep)

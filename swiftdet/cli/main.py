@@ -7,10 +7,10 @@ import argparse
 import sys
 import textwrap
 
-from swiftdet.cli import coco_eval, config_cmd, synth
+from swiftdet.cli import browse, coco_eval, config_cmd, synth
 from swiftdet.errors import SwiftdetError
 
-COMMANDS = (config_cmd, synth, coco_eval)
+COMMANDS = (config_cmd, synth, browse, coco_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:

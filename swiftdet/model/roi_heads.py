@@ -1,0 +1,353 @@
+"""Second stage of Faster/Mask R-CNN: RoI pooling, box and mask heads, their losses and inference.
+
+Class layout follows torchvision: the box classifier has num_classes + 1 outputs with background
+at index 0, box regression and mask logits are class-specific over the same num_classes + 1
+slots. Labels handed out are 0-based foreground indices.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, roi_align
+
+from swiftdet.model.box_coder import BoxCoder
+from swiftdet.model.layers import ConvNormAct
+from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
+from swiftdet.structures import Boxes, Instances
+
+__all__ = ["BoxHead", "BoxPredictor", "MaskHead", "MultiScaleRoIPooler", "Res5BoxHead", "RoIHeads"]
+
+
+def _boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
+    """(R, 5) rois (batch index, x0, y0, x1, y1) from per-image (R_i, 4) boxes."""
+    cat = torch.cat(list(boxes), dim=0)
+    ids = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)], dim=0)
+    return torch.cat([ids, cat], dim=1)
+
+
+class MultiScaleRoIPooler(nn.Module):
+    """RoIAlign from the level chosen by box size (FPN paper eq. 1, as in torchvision).
+
+    A box of side sqrt(area) goes to level floor(4 + log2(sqrt(area) / 224) + 1e-6), clamped to
+    the available levels.
+
+    Args:
+        in_features: feature names, finest first; their strides are powers of two.
+        strides: stride of each feature.
+    """
+
+    def __init__(
+        self,
+        in_features: Sequence[str],
+        strides: Sequence[int],
+        output_size: int,
+        sampling_ratio: int,
+        aligned: bool = False,
+        canonical_scale: float = 224.0,
+        canonical_level: int = 4,
+    ):
+        super().__init__()
+        self.in_features = tuple(in_features)
+        self.scales = [1.0 / s for s in strides]
+        self.output_size = (output_size, output_size)
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.k_min = int(round(math.log2(strides[0])))
+        self.k_max = int(round(math.log2(strides[-1])))
+        self.canonical_scale = canonical_scale
+        self.canonical_level = canonical_level
+
+    def forward(self, features: dict[str, Tensor], boxes: Sequence[Tensor]) -> Tensor:
+        """(R, C, S, S) pooled features of the boxes of every image, in order."""
+        feats = [features[f] for f in self.in_features]
+        rois = _boxes_to_rois(boxes)
+        if len(feats) == 1:
+            return roi_align(feats[0], rois, self.output_size, self.scales[0], self.sampling_ratio, self.aligned)
+        area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
+        levels = torch.floor(
+            self.canonical_level + torch.log2(area.sqrt() / self.canonical_scale) + torch.tensor(1e-6, dtype=area.dtype)
+        )
+        levels = levels.clamp(min=self.k_min, max=self.k_max).to(torch.int64) - self.k_min
+        c = feats[0].shape[1]
+        out = feats[0].new_zeros((rois.shape[0], c) + self.output_size)
+        for level, (feat, scale) in enumerate(zip(feats, self.scales)):
+            idx = torch.nonzero(levels == level).squeeze(1)
+            pooled = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio, self.aligned)
+            out.index_copy_(0, idx, pooled.to(out.dtype))
+        return out
+
+
+class BoxHead(nn.Module):
+    """``num_convs`` 3x3 convs (with norm) then ``num_fcs`` fully connected layers, all with ReLU.
+
+    torchvision v1 is 0 convs + 2 fcs ("2fc"); v2 is 4 convs with BN + 1 fc ("4conv1fc").
+    """
+
+    def __init__(
+        self, in_channels: int, resolution: int, num_convs: int, conv_dim: int, num_fcs: int, fc_dim: int, norm: str = ""
+    ):
+        super().__init__()
+        self.convs = nn.Sequential(
+            *(ConvNormAct(in_channels if i == 0 else conv_dim, conv_dim, 3, norm=norm) for i in range(num_convs))
+        )
+        for m in self.convs.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        flat = (conv_dim if num_convs > 0 else in_channels) * resolution * resolution
+        self.fcs = nn.ModuleList(nn.Linear(flat if i == 0 else fc_dim, fc_dim) for i in range(num_fcs))
+        self.out_dim = fc_dim if num_fcs > 0 else flat
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(R, C, S, S) -> (R, out_dim)."""
+        x = self.convs(x).flatten(1)
+        for fc in self.fcs:
+            x = F.relu(fc(x))
+        return x
+
+
+class Res5BoxHead(nn.Module):
+    """C4 layout: the res5 stage run on 14x14 RoI features, then global average pooling."""
+
+    def __init__(self, res5: nn.Module, out_channels: int):
+        super().__init__()
+        self.res5 = res5
+        self.out_dim = out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.res5(x).mean(dim=(2, 3))
+
+
+class BoxPredictor(nn.Module):
+    """Class scores over num_classes + 1 (background first) and class-specific box deltas."""
+
+    def __init__(self, in_dim: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(in_dim, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_dim, (num_classes + 1) * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(R, D) -> (R, K+1) logits, (R, 4(K+1)) deltas."""
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class MaskHead(nn.Module):
+    """``num_convs`` 3x3 convs (with norm), a 2x2 stride-2 deconv, ReLU, 1x1 per-class logits.
+
+    Output (R, num_classes + 1, 2S, 2S) for (R, C, S, S) input; channel 0 (background) is unused.
+    """
+
+    def __init__(self, in_channels: int, num_convs: int, conv_dim: int, num_classes: int, norm: str = ""):
+        super().__init__()
+        self.convs = nn.Sequential(
+            *(ConvNormAct(in_channels if i == 0 else conv_dim, conv_dim, 3, norm=norm) for i in range(num_convs))
+        )
+        self.deconv = nn.ConvTranspose2d(conv_dim if num_convs > 0 else in_channels, conv_dim, 2, stride=2)
+        self.predictor = nn.Conv2d(conv_dim, num_classes + 1, 1)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.predictor(F.relu(self.deconv(self.convs(x))))
+
+
+class RoIHeads(nn.Module):
+    """Box (and optionally mask) heads on the RPN's proposals.
+
+    With ``mask_from_box_head`` (C4 layout) the mask head reads the res5 maps of the box head
+    instead of pooling its own features.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        box_pooler: MultiScaleRoIPooler,
+        box_head: nn.Module,
+        box_predictor: BoxPredictor,
+        box_coder: BoxCoder,
+        matcher: Matcher,
+        sampler: BalancedPositiveNegativeSampler,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_image: int = 100,
+        smooth_l1_beta: float = 1.0 / 9,
+        mask_pooler: MultiScaleRoIPooler | None = None,
+        mask_head: MaskHead | None = None,
+        mask_from_box_head: bool = False,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.box_pooler = box_pooler
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+        self.box_coder = box_coder
+        self.matcher = matcher
+        self.sampler = sampler
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_image = detections_per_image
+        self.smooth_l1_beta = smooth_l1_beta
+        self.mask_pooler = mask_pooler
+        self.mask_head = mask_head
+        self.mask_from_box_head = mask_from_box_head
+
+    @property
+    def mask_on(self) -> bool:
+        return self.mask_head is not None
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[Instances] | None = None,
+    ) -> tuple[list[Instances], dict[str, Tensor]]:
+        """Eval: per-image detections (boxes, scores, 0-based labels, masks (N, 1, M, M)). Train: losses."""
+        if self.training:
+            if targets is None:
+                raise ValueError("RoIHeads needs targets in training mode")
+            return [], self._losses(features, proposals, targets)
+        return self._inference(features, proposals, image_sizes), {}
+
+    # ---------------------------------------------------------------------------------- training
+    def _sample(self, proposals: list[Tensor], targets: list[Instances]):
+        """Add the ground truth to the proposals, match, sample.
+
+        Returns per-image sampled proposals, their labels (1-based, 0 = background), and the
+        index of the matched ground truth (valid where label > 0).
+        """
+        labels, matched = [], []
+        all_props = []
+        for props, t in zip(proposals, targets):
+            gt = t.boxes.tensor.to(props.dtype)
+            props = torch.cat([props, gt])
+            if len(gt) == 0:
+                m = torch.zeros(props.shape[0], dtype=torch.int64, device=props.device)
+                lab = torch.zeros_like(m)
+            else:
+                matches = self.matcher(box_iou(gt, props))
+                m = matches.clamp(min=0)
+                lab = t.labels.to(props.device)[m] + 1
+                lab[matches == Matcher.BELOW_LOW_THRESHOLD] = 0
+                lab[matches == Matcher.BETWEEN_THRESHOLDS] = -1
+            all_props.append(props)
+            labels.append(lab)
+            matched.append(m)
+        pos_masks, neg_masks = self.sampler(labels)
+        out_props, out_labels, out_matched = [], [], []
+        for props, lab, m, pos, neg in zip(all_props, labels, matched, pos_masks, neg_masks):
+            idx = torch.nonzero(pos | neg).squeeze(1)
+            out_props.append(props[idx])
+            out_labels.append(lab[idx])
+            out_matched.append(m[idx])
+        return out_props, out_labels, out_matched
+
+    def _losses(self, features: dict[str, Tensor], proposals: list[Tensor], targets: list[Instances]) -> dict[str, Tensor]:
+        props, labels, matched = self._sample(proposals, targets)
+        pooled = self.box_pooler(features, props)
+        if self.mask_from_box_head:
+            res5_maps = self.box_head.res5(pooled)
+            box_features = res5_maps.mean(dim=(2, 3))
+        else:
+            box_features = self.box_head(pooled)
+        class_logits, box_deltas = self.box_predictor(box_features)
+
+        labels_all = torch.cat(labels)
+        loss_cls = F.cross_entropy(class_logits, labels_all)
+        pos = torch.nonzero(labels_all > 0).squeeze(1)
+        pos_labels = labels_all[pos]
+        gt_boxes = torch.cat([t.boxes.tensor.to(p.dtype)[m] if len(t) else torch.zeros_like(p) for t, p, m in zip(targets, props, matched)])
+        props_all = torch.cat(props)
+        reg_targets = self.box_coder.encode(gt_boxes[pos], props_all[pos])
+        deltas = box_deltas.view(box_deltas.shape[0], -1, 4)[pos, pos_labels]
+        loss_box = F.smooth_l1_loss(deltas, reg_targets, beta=self.smooth_l1_beta, reduction="sum") / max(labels_all.numel(), 1)
+        losses = {"loss_cls": loss_cls, "loss_box": loss_box}
+        if self.mask_on:
+            losses["loss_mask"] = self._mask_loss(features, props, labels, matched, targets, res5_maps if self.mask_from_box_head else None)
+        return losses
+
+    def _mask_loss(
+        self,
+        features: dict[str, Tensor],
+        props: list[Tensor],
+        labels: list[Tensor],
+        matched: list[Tensor],
+        targets: list[Instances],
+        res5_maps: Tensor | None,
+    ) -> Tensor:
+        """Mean per-pixel BCE of the ground-truth class's mask on positive proposals."""
+        pos_props, pos_labels, mask_targets, pos_flat = [], [], [], []
+        offset = 0
+        for p, lab, m, t in zip(props, labels, matched, targets):
+            pos = torch.nonzero(lab > 0).squeeze(1)
+            pos_flat.append(pos + offset)
+            offset += p.shape[0]
+            pos_props.append(p[pos])
+            pos_labels.append(lab[pos])
+            mask_targets.append((t.masks, m[pos], p[pos]))
+        if res5_maps is not None:
+            mask_features = res5_maps[torch.cat(pos_flat)]
+        else:
+            mask_features = self.mask_pooler(features, pos_props)
+        logits = self.mask_head(mask_features)
+        labels_all = torch.cat(pos_labels)
+        if labels_all.numel() == 0:
+            return logits.sum() * 0.0
+        size = logits.shape[-1]
+        gt = []
+        for masks, m, boxes in mask_targets:
+            if m.numel() == 0:
+                continue
+            if masks is None:
+                raise ValueError("Mask R-CNN training needs Instances.masks in every target")
+            gt.append(masks[m.cpu()].crop_and_resize(boxes.detach(), size))
+        gt = torch.cat(gt).to(logits.dtype)
+        selected = logits[torch.arange(labels_all.numel(), device=logits.device), labels_all]
+        return F.binary_cross_entropy_with_logits(selected, gt)
+
+    # --------------------------------------------------------------------------------- inference
+    def _inference(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]) -> list[Instances]:
+        pooled = self.box_pooler(features, proposals)
+        class_logits, box_deltas = self.box_predictor(self.box_head(pooled))
+        num_slots = class_logits.shape[1]
+        boxes_all = self.box_coder.decode(box_deltas, torch.cat(proposals)).view(-1, num_slots, 4)
+        scores_all = F.softmax(class_logits, dim=-1)
+        counts = [p.shape[0] for p in proposals]
+        results = []
+        for boxes, scores, image_size in zip(boxes_all.split(counts), scores_all.split(counts), image_sizes):
+            boxes = clip_boxes_to_image(boxes, image_size)[:, 1:].reshape(-1, 4)
+            # 1-based during NMS (the same class ids torchvision feeds batched_nms), 0-based after.
+            labels = torch.arange(1, num_slots, device=scores.device).repeat(scores.shape[0])
+            scores = scores[:, 1:].reshape(-1)
+            wh = boxes[:, 2:] - boxes[:, :2]
+            keep = torch.nonzero((scores > self.score_thresh) & (wh >= 1e-2).all(dim=1)).squeeze(1)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_image]
+            results.append(Instances(image_size, boxes=Boxes(boxes[keep]), labels=labels[keep] - 1, scores=scores[keep]))
+        if self.mask_on:
+            self._attach_masks(features, results)
+        return results
+
+    def _attach_masks(self, features: dict[str, Tensor], results: list[Instances]) -> None:
+        boxes = [r.boxes.tensor for r in results]
+        if self.mask_from_box_head:
+            mask_features = self.box_head.res5(self.box_pooler(features, boxes))
+        else:
+            mask_features = self.mask_pooler(features, boxes)
+        logits = self.mask_head(mask_features)
+        labels = torch.cat([r.labels for r in results]) + 1
+        probs = logits[torch.arange(labels.numel(), device=labels.device), labels][:, None].sigmoid()
+        for r, p in zip(results, probs.split([len(r) for r in results])):
+            r.masks = p

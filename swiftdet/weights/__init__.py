@@ -1,0 +1,25 @@
+"""Weights: checkpoints in and out, downloads with a cache and checksums, converters from torchvision."""
+from swiftdet.weights.checkpoint import (
+    CHECKPOINT_FORMAT,
+    LoadReport,
+    extract_state_dict,
+    load_backbone_imagenet,
+    load_checkpoint,
+    make_checkpoint,
+    match_state_dict,
+    read_weights_file,
+)
+from swiftdet.weights.download import cached_path, default_cache_dir
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "LoadReport",
+    "cached_path",
+    "default_cache_dir",
+    "extract_state_dict",
+    "load_backbone_imagenet",
+    "load_checkpoint",
+    "make_checkpoint",
+    "match_state_dict",
+    "read_weights_file",
+]

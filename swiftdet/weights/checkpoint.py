@@ -1,0 +1,311 @@
+"""Load weights into a model and say exactly what was loaded, skipped or left out.
+
+Accepted files: swiftdet checkpoints (``{"format": "swiftdet-checkpoint/1", "model": ..., "config":
+..., "meta": ...}``, training checkpoints included), and bare state_dicts (also wrapped in a dict
+under "model" or "state_dict"). A checkpoint trained with another number of classes loads
+everything except the class-dependent predictor tensors, which are reported as skipped; a file for
+another architecture is refused with a :class:`WeightsError` naming what does not fit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from swiftdet.errors import WeightsError
+from swiftdet.weights.download import cached_path
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "LoadReport",
+    "extract_state_dict",
+    "make_checkpoint",
+    "load_backbone_imagenet",
+    "class_dependent_keys",
+    "load_checkpoint",
+    "match_state_dict",
+    "read_weights_file",
+]
+
+CHECKPOINT_FORMAT = "swiftdet-checkpoint/1"
+# Below this fraction of the model's tensors found in the file, the file is for another model.
+_MIN_MATCHED_FRACTION = 0.5
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_checkpoint` did.
+
+    Attributes:
+        source: the path or URL given.
+        loaded: model keys whose values came from the file.
+        missing: model keys the file lacks (left as initialised).
+        unexpected: file keys the model does not have (ignored).
+        skipped: class-dependent keys left as initialised because the file was trained with
+            another number of classes, as "key: file shape -> model shape".
+        num_classes_in_file: the file's number of classes when it differs from the model's.
+        config: the config dict stored in the checkpoint (None for a bare state_dict).
+        meta: the checkpoint's meta (class names, category ids, ...), empty when absent.
+    """
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    num_classes_in_file: int | None = None
+    config: dict | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Every model tensor came from the file and every file tensor was used."""
+        return not (self.missing or self.unexpected or self.skipped)
+
+    def summary(self) -> str:
+        lines = [f"Loaded {len(self.loaded)} tensors from {self.source}."]
+        if self.skipped:
+            lines.append(f"Skipped {len(self.skipped)} class-dependent tensors (file has {self.num_classes_in_file} "
+                         f"classes): {', '.join(self.skipped)}.")
+        if self.missing:
+            lines.append(f"Missing from the file (kept as initialised): {_short_list(self.missing)}.")
+        if self.unexpected:
+            lines.append(f"In the file but not in the model (ignored): {_short_list(self.unexpected)}.")
+        return " ".join(lines)
+
+
+def _short_list(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def read_weights_file(path_or_url: str | os.PathLike, *, sha256: str | None = None, allow_pickle: bool = False) -> Any:
+    """``torch.load`` of a local file or URL on CPU, with user-facing errors.
+
+    Only tensors and plain containers are unpickled unless ``allow_pickle`` (which runs the
+    file's pickled code: use it only for files you trust, e.g. a whole pickled model).
+    """
+    path = cached_path(path_or_url, sha256=sha256)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as e:
+        message = str(e)
+        match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+        if match is None or allow_pickle:
+            raise WeightsError(
+                f"Cannot read weights file '{path}': it is truncated or not a PyTorch file. Download or save it again."
+            ) from None
+        raise WeightsError(
+            f"Weights file '{path}' holds pickled Python objects ({match.group(1)}), not only tensors and plain "
+            "containers, so it was not unpickled. If you trust the file (e.g. a whole model saved with "
+            "torch.save(model)), allow pickled objects (allow_pickle=True; --allow-pickle on the command line)."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise WeightsError(
+            f"Cannot read weights file '{path}' ({' '.join(str(e).split())[:200]}). It is truncated or not a "
+            "PyTorch file; download or save it again."
+        ) from None
+
+
+def extract_state_dict(obj: Any, source: str) -> tuple[dict[str, Tensor], dict | None, dict]:
+    """(state_dict, config dict or None, meta) from what :func:`read_weights_file` returned."""
+    config, meta = None, {}
+    if isinstance(obj, nn.Module):
+        return obj.state_dict(), None, {}
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        config, meta = obj.get("config"), dict(obj.get("meta") or {})
+        obj = obj.get("model")
+    elif isinstance(obj, dict) and not _is_state_dict(obj):
+        for key in ("model", "state_dict"):
+            if key in obj and (_is_state_dict(obj[key]) or isinstance(obj[key], nn.Module)):
+                inner = obj[key]
+                obj = inner.state_dict() if isinstance(inner, nn.Module) else inner
+                break
+    if not _is_state_dict(obj):
+        what = type(obj).__name__
+        keys = f" with keys {list(obj)[:6]}" if isinstance(obj, dict) else ""
+        raise WeightsError(
+            f"Weights file '{source}' is a {what}{keys}, not a state_dict or a swiftdet checkpoint: expected a dict "
+            "of tensors, or a dict holding one under 'model' or 'state_dict'."
+        )
+    return dict(obj), config, meta
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and len(obj) > 0 and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+
+
+def _class_counts(model_dim: int, file_dim: int, num_classes: int) -> set[int]:
+    """Class counts C' for which a first dimension of k*(C+e) in the model is k*(C'+e) in the file.
+
+    Class-dependent tensors have a first dimension proportional to num_classes (mask predictor,
+    dense heads: k*C) or num_classes + 1 (background first: k*(C+1)).
+    """
+    counts = set()
+    for extra in (0, 1):
+        if model_dim % (num_classes + extra) == 0:
+            k = model_dim // (num_classes + extra)
+            if file_dim % k == 0 and file_dim // k - extra >= 1:
+                counts.add(file_dim // k - extra)
+    return counts
+
+
+def class_dependent_keys(model: nn.Module) -> set[str]:
+    """Keys of ``model``'s tensors whose shape depends on ``model.cfg.num_classes``.
+
+    Found by building the same architecture with one class more on the meta device (no memory,
+    no initialisation) and comparing shapes. A model without a ModelConfig has none.
+    """
+    from swiftdet.config.schema import ModelConfig
+    from swiftdet.model.build import build_model
+
+    cfg = getattr(model, "cfg", None)
+    if not isinstance(cfg, ModelConfig):
+        return set()
+    with torch.device("meta"):
+        other = build_model(dataclasses.replace(cfg, num_classes=cfg.num_classes + 1)).state_dict()
+    own = model.state_dict()
+    return {k for k, v in own.items() if k in other and tuple(other[k].shape) != tuple(v.shape)}
+
+
+def match_state_dict(
+    own: dict[str, Tensor],
+    state_dict: dict[str, Tensor],
+    source: str,
+    *,
+    num_classes: int | None,
+    class_keys: set[str] = frozenset(),
+    strict_arch: bool = True,
+    file_num_classes: int | None = None,
+) -> LoadReport:
+    """Decide which tensors of ``state_dict`` fit a model whose state_dict is ``own``.
+
+    ``report.loaded`` lists the keys to copy. Shape mismatches are class-dependent when every one
+    of them is explained by one other class count (see :func:`_class_counts`; ``file_num_classes``
+    pins it when the file states it). Only keys in ``class_keys`` (see :func:`class_dependent_keys`)
+    may differ that way; any other mismatch does not fit.
+
+    Raises:
+        WeightsError (strict_arch): fewer than half of ``own`` in the file, or shape mismatches
+            outside the class-dependent layers.
+    """
+    report = LoadReport(source=source)
+    matched = [k for k in own if k in state_dict]
+    report.missing = [k for k in own if k not in state_dict]
+    report.unexpected = [k for k in state_dict if k not in own]
+    if strict_arch and len(matched) < _MIN_MATCHED_FRACTION * len(own):
+        raise WeightsError(
+            f"Weights file '{source}' does not fit this model: only {len(matched)} of the model's {len(own)} tensors "
+            f"are in the file (e.g. missing {_short_list(report.missing, 3)}; the file has "
+            f"{_short_list(report.unexpected, 3)}). It is for another architecture; check --config / model.arch, "
+            "or convert the file first (swiftdet convert)."
+        )
+    mismatched = [k for k in matched if tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    by_class: list[str] = []
+    other: list[str] = []
+    candidates: set[int] | None = {file_num_classes} if file_num_classes is not None else None
+    for k in mismatched:
+        a, b = own[k].shape, state_dict[k].shape
+        counts = set()
+        if k in class_keys and num_classes is not None and len(a) == len(b) > 0 and a[1:] == b[1:]:
+            counts = _class_counts(a[0], b[0], num_classes)
+        joint = counts if candidates is None else counts & candidates
+        if joint:
+            candidates = joint
+            by_class.append(k)
+        else:
+            other.append(k)
+    if by_class:
+        report.num_classes_in_file = min(candidates)
+    if other and strict_arch:
+        details = "; ".join(f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in other[:4])
+        raise WeightsError(
+            f"Weights file '{source}' has {len(other)} tensors whose shapes do not fit this model outside the "
+            f"class-dependent layers ({details}). It was trained for another architecture or backbone; check --config "
+            "(depth, heads, norm) against the file."
+        )
+    skip = set(by_class) | set(other)
+    report.skipped = [f"{k}: {tuple(state_dict[k].shape)} -> {tuple(own[k].shape)}" for k in by_class + other]
+    report.loaded = [k for k in matched if k not in skip]
+    return report
+
+
+def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, *, strict_arch: bool = True,
+                    sha256: str | None = None, allow_pickle: bool = False) -> LoadReport:
+    """Load a swiftdet checkpoint or a bare state_dict into ``model``.
+
+    Args:
+        model: the model to fill (in place).
+        path_or_url: local file or URL (downloaded into the cache, see :func:`cached_path`).
+        strict_arch: refuse files for another architecture: fewer than half of the model's tensors
+            in the file, or shape mismatches outside the class-dependent layers. With False,
+            whatever fits is loaded and the rest reported.
+        sha256: expected SHA-256 of the file.
+        allow_pickle: unpickle arbitrary objects (trusted files only).
+
+    Returns:
+        A :class:`LoadReport`; class-dependent tensors of a file trained with another number of
+        classes are in ``report.skipped`` (left as initialised).
+
+    Raises:
+        WeightsError: missing/unreadable file, not a state_dict, or (strict_arch) another architecture.
+    """
+    source = os.fspath(path_or_url)
+    obj = read_weights_file(source, sha256=sha256, allow_pickle=allow_pickle)
+    state_dict, config, meta = extract_state_dict(obj, source)
+    file_classes = None
+    if isinstance(config, dict):
+        file_classes = (config.get("model") or {}).get("num_classes")
+    cfg = getattr(model, "cfg", None)
+    report = match_state_dict(model.state_dict(), state_dict, source, num_classes=getattr(cfg, "num_classes", None),
+                              class_keys=class_dependent_keys(model), strict_arch=strict_arch,
+                              file_num_classes=file_classes)
+    model.load_state_dict({k: state_dict[k] for k in report.loaded}, strict=False)
+    report.config, report.meta = config, meta
+    return report
+
+
+def load_backbone_imagenet(model: nn.Module, path_or_url: str | os.PathLike, *, sha256: str | None = None) -> LoadReport:
+    """Initialise ``model.backbone`` from a torchvision ImageNet ResNet/ResNeXt checkpoint.
+
+    The file's keys are mapped with the backbone's ``resnet_state_dict_from_torchvision``; in the
+    C4 layout, whose res5 stage lives in the box head (``roi_heads.box_head.res5``), ``layer4.*``
+    goes there. Only backbone tensors are considered: the report's ``missing`` lists backbone
+    (and res5) tensors the file lacks, ``unexpected`` file tensors that found no place.
+
+    Raises:
+        WeightsError: unreadable file, or a file that is not a ResNet of this depth/width.
+    """
+    from swiftdet.model.backbone.resnet import resnet_state_dict_from_torchvision
+
+    source = os.fspath(path_or_url)
+    obj = read_weights_file(source, sha256=sha256)
+    state_dict, _, _ = extract_state_dict(obj, source)
+    mapped = resnet_state_dict_from_torchvision(state_dict)
+    own = model.state_dict()
+    target: dict[str, Tensor] = {}
+    for key, value in mapped.items():
+        name = f"backbone.{key}"
+        if name not in own and key.startswith("layer4.") and f"roi_heads.box_head.res5.{key[len('layer4.'):]}" in own:
+            name = f"roi_heads.box_head.res5.{key[len('layer4.'):]}"
+        target[name] = value
+    # Judge the fit against the backbone's tensors only (the heads stay randomly initialised).
+    scope = {k: v for k, v in own.items() if k.startswith(("backbone.", "roi_heads.box_head.res5."))}
+    # FrozenBatchNorm keeps no batch counter: torchvision's num_batches_tracked has no place there.
+    target = {k: v for k, v in target.items() if k in scope or not k.endswith("num_batches_tracked")}
+    report = match_state_dict(scope, target, source, num_classes=None, strict_arch=True)
+    model.load_state_dict({k: target[k] for k in report.loaded}, strict=False)
+    return report
+
+
+def make_checkpoint(model: nn.Module, config_dict: dict, meta: dict | None = None) -> dict:
+    """The swiftdet checkpoint dict of ``model`` (tensors on CPU) with its config and meta."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"format": CHECKPOINT_FORMAT, "model": state, "config": config_dict, "meta": dict(meta or {})}

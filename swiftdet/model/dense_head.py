@@ -1,0 +1,265 @@
+"""Pieces shared by the dense (one-stage) detectors RetinaNet and FCOS.
+
+Both predict, at every position of every pyramid level, class logits and a box; they differ in how
+boxes are encoded and how training targets are assigned. What is common lives here: the detector
+shell (preprocess / postprocess / predict), the conv towers of the heads, and inference decoding
+(per-level score threshold and top-k, box clipping, class-wise NMS and a per-image cap), which is
+vectorised over images and levels: no Python loop per box, one host sync per level.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from swiftdet.config.schema import ModelConfig
+from swiftdet.errors import InputError
+from swiftdet.structures import Boxes, ImageList, Instances
+
+__all__ = [
+    "DenseDetector",
+    "conv_tower",
+    "init_prediction_conv",
+    "flatten_level_output",
+    "logit",
+    "topk_above_threshold",
+    "select_candidates",
+    "batched_detections",
+    "rescale_instances",
+]
+
+
+def conv_tower(channels: int, num_convs: int, norm: str, conv_bias: bool) -> nn.Sequential:
+    """``num_convs`` x (3x3 conv, optional GroupNorm(32), ReLU), as one flat Sequential.
+
+    Layer ``k`` of the tower is at index ``k * (3 if norm else 2)``; the weights converter relies on
+    this layout. Convs are initialised N(0, 0.01) with zero bias, as in the RetinaNet/FCOS papers.
+    """
+    if norm not in ("", "GN"):
+        raise ValueError(f"dense head norm must be '' or 'GN', got {norm!r}")
+    layers: list[nn.Module] = []
+    for _ in range(num_convs):
+        conv = nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1, bias=conv_bias)
+        nn.init.normal_(conv.weight, std=0.01)
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+        layers.append(conv)
+        if norm == "GN":
+            layers.append(nn.GroupNorm(32, channels))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def init_prediction_conv(conv: nn.Conv2d, prior_prob: float | None = None) -> nn.Conv2d:
+    """N(0, 0.01) weights; bias 0, or -log((1-p)/p) so every class starts at probability ``p``.
+
+    The prior keeps the focal loss of the ~100k background positions from swamping the first steps.
+    """
+    nn.init.normal_(conv.weight, std=0.01)
+    if prior_prob is None:
+        nn.init.zeros_(conv.bias)
+    else:
+        nn.init.constant_(conv.bias, -math.log((1.0 - prior_prob) / prior_prob))
+    return conv
+
+
+def flatten_level_output(x: Tensor, channels_per_anchor: int) -> Tensor:
+    """(B, A*C, H, W) -> (B, H*W*A, C): position-major, then anchor, the order of the anchors."""
+    b, _, h, w = x.shape
+    return x.view(b, -1, channels_per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, channels_per_anchor)
+
+
+def logit(p: float) -> float:
+    """Inverse sigmoid, with -inf / inf at 0 / 1 (so a threshold on probabilities maps to logits)."""
+    if p <= 0.0:
+        return -math.inf
+    if p >= 1.0:
+        return math.inf
+    return math.log(p / (1.0 - p))
+
+
+def topk_above_threshold(values: Tensor, threshold: float, k: int) -> tuple[Tensor, Tensor]:
+    """The entries of each row above ``threshold``, at most the ``k`` largest per row.
+
+    Args:
+        values: (B, M) scores (or any quantity where larger is better).
+    Returns:
+        batch index (P,) and column index (P,) of the kept entries, grouped by row.
+    """
+    rows, cols = (values > threshold).nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return rows, cols
+    kept = values[rows, cols]
+    if values.shape[0] == 1:
+        if kept.numel() > k:
+            order = kept.topk(k).indices
+            rows, cols = rows[order], cols[order]
+        return rows, cols
+    # Several images: sort by value, then (stably) by image, and keep each image's first k.
+    order = kept.argsort(descending=True, stable=True)
+    order = order[rows[order].argsort(stable=True)]
+    rows, cols = rows[order], cols[order]
+    counts = torch.bincount(rows, minlength=values.shape[0])
+    starts = counts.cumsum(0) - counts
+    rank = torch.arange(rows.numel(), device=rows.device) - starts[rows]
+    keep = rank < k
+    return rows[keep], cols[keep]
+
+
+def select_candidates(
+    level_values: Sequence[Tensor], threshold: float, k: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per level and image, the (anchor, class) pairs above ``threshold``, at most ``k`` best.
+
+    Args:
+        level_values: per level, (B, N_l, K) scores or logits (larger is better).
+    Returns:
+        image index, anchor index (into the levels concatenated), class and value of each
+        candidate, (P,) each.
+    """
+    rows, anchors, classes, values = [], [], [], []
+    offset = 0
+    for level in level_values:
+        b, n, c = level.shape
+        flat_values = level.reshape(b, n * c)
+        r, flat = topk_above_threshold(flat_values, threshold, k)
+        rows.append(r)
+        anchors.append(torch.div(flat, c, rounding_mode="floor") + offset)
+        classes.append(flat % c)
+        values.append(flat_values[r, flat])
+        offset += n
+    return torch.cat(rows), torch.cat(anchors), torch.cat(classes), torch.cat(values)
+
+
+def batched_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    batch_idx: Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    num_classes: int,
+    nms_thresh: float,
+    detections_per_image: int,
+) -> list[Instances]:
+    """Clip, class-wise NMS per image, and keep each image's ``detections_per_image`` best.
+
+    Args:
+        boxes: (P, 4) decoded candidate boxes of all images.
+        scores, labels, batch_idx: (P,) each candidate's score, class and image.
+        image_sizes: (h, w) per image, the clipping bounds.
+    Returns:
+        one Instances per image, sorted by decreasing score.
+    """
+    num_images = len(image_sizes)
+    device = boxes.device
+    sizes = torch.tensor(image_sizes, dtype=boxes.dtype, device=device).reshape(-1, 2)
+    h = sizes[batch_idx, 0]
+    w = sizes[batch_idx, 1]
+    x0 = torch.minimum(boxes[:, 0].clamp(min=0), w)
+    y0 = torch.minimum(boxes[:, 1].clamp(min=0), h)
+    x1 = torch.minimum(boxes[:, 2].clamp(min=0), w)
+    y1 = torch.minimum(boxes[:, 3].clamp(min=0), h)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1)
+
+    # One NMS call for the whole batch: an (image, class) pair is one NMS group.
+    keep = batched_nms(boxes, scores, batch_idx * num_classes + labels, nms_thresh)
+    kept_images = batch_idx[keep]
+    # keep is sorted by decreasing score; a stable sort by image keeps that order within each image.
+    keep = keep[kept_images.argsort(stable=True)]
+    kept_images = batch_idx[keep]
+    counts = torch.bincount(kept_images, minlength=num_images)
+    starts = counts.cumsum(0) - counts
+    rank = torch.arange(keep.numel(), device=device) - starts[kept_images]
+    keep = keep[rank < detections_per_image]
+    per_image = torch.bincount(batch_idx[keep], minlength=num_images).tolist()
+
+    results = []
+    for size, idx in zip(image_sizes, keep.split(per_image)):
+        results.append(Instances(tuple(size), boxes=Boxes(boxes[idx]), labels=labels[idx], scores=scores[idx]))
+    return results
+
+
+def rescale_instances(results: Sequence[Instances], images: ImageList) -> list[Instances]:
+    """Map boxes from the resized images to ``images.original_sizes`` and clip them there.
+
+    The ratios are float32 quotients of the integer sizes, computed as torchvision's
+    ``GeneralizedRCNNTransform.postprocess`` does, so the boxes match it bit for bit before clipping.
+    """
+    out = []
+    for inst, size, orig in zip(results, images.image_sizes, images.original_sizes):
+        t = inst.boxes.tensor
+        ratio_h = torch.tensor(orig[0], dtype=torch.float32, device=t.device) / torch.tensor(
+            size[0], dtype=torch.float32, device=t.device
+        )
+        ratio_w = torch.tensor(orig[1], dtype=torch.float32, device=t.device) / torch.tensor(
+            size[1], dtype=torch.float32, device=t.device
+        )
+        x0, y0, x1, y1 = t.unbind(1)
+        scaled = torch.stack([x0 * ratio_w, y0 * ratio_h, x1 * ratio_w, y1 * ratio_h], dim=1)
+        boxes = Boxes(scaled).clip((int(orig[0]), int(orig[1])))
+        out.append(inst.with_fields(boxes=boxes, image_size=(int(orig[0]), int(orig[1]))))
+    return out
+
+
+class DenseDetector(nn.Module):
+    """Shell shared by RetinaNet and FCOS: input normalisation, output rescaling, ``predict``.
+
+    Subclasses implement ``forward(images: ImageList, targets=None)`` returning a loss dict in
+    training mode and ``list[Instances]`` (resized-image coordinates) in eval mode.
+    """
+
+    def __init__(self, cfg: ModelConfig, size_divisibility: int = 32):
+        super().__init__()
+        self.cfg = cfg
+        self.size_divisibility = size_divisibility
+        # Normalisation in 0-1 units, (x / 255 - mean / 255) / (std / 255): the same float32 operations
+        # as torchvision's GeneralizedRCNNTransform, so converted torchvision models see bit-identical
+        # inputs (a deep network amplifies even 1-ulp input differences). Not part of the state dict.
+        mean = torch.tensor(cfg.pixel_mean, dtype=torch.float64) / 255.0
+        std = torch.tensor(cfg.pixel_std, dtype=torch.float64) / 255.0
+        self.register_buffer("pixel_mean", mean.to(torch.float32).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", std.to(torch.float32).view(3, 1, 1), persistent=False)
+
+    def preprocess(self, images: list[Tensor], original_sizes: list[tuple[int, int]] | None = None) -> ImageList:
+        """RGB 0-255 (3, H, W) images -> normalised, zero-padded batch on the model's device."""
+        if len(images) == 0:
+            raise InputError("preprocess got an empty list of images; pass at least one (3, H, W) image tensor.")
+        if original_sizes is not None and len(original_sizes) != len(images):
+            raise InputError(
+                f"preprocess got {len(images)} images but {len(original_sizes)} original sizes; pass one "
+                "(height, width) per image or none."
+            )
+        device = self.pixel_mean.device
+        normalised = []
+        for i, img in enumerate(images):
+            if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3:
+                shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
+                raise InputError(
+                    f"Image {i} given to the detector has shape {shape}; expected a (3, H, W) RGB tensor "
+                    "with values in 0-255."
+                )
+            x = img.to(device=device, dtype=torch.float32)
+            if self.cfg.input_format == "BGR":
+                x = x.flip(0)
+            normalised.append((x / 255.0 - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(normalised, self.size_divisibility, 0.0, original_sizes)
+
+    def postprocess(self, results: list[Instances], images: ImageList) -> list[Instances]:
+        """Boxes in the original images' coordinates, clipped to them."""
+        return rescale_instances(results, images)
+
+    def predict(self, images: list[Tensor], original_sizes: list[tuple[int, int]] | None = None) -> list[Instances]:
+        """preprocess -> forward in eval mode without gradients -> postprocess."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                batch = self.preprocess(images, original_sizes)
+                results = self(batch)
+            return self.postprocess(results, batch)
+        finally:
+            self.train(was_training)
+

@@ -1,0 +1,217 @@
+"""RetinaNet (Lin et al., "Focal Loss for Dense Object Detection"), v1 and torchvision's v2.
+
+ResNet + FPN P3-P7, 9 anchors per location (3 scales x 3 aspect ratios), a classification and a
+box-regression tower shared across levels, sigmoid focal loss, and an L1 / smooth-L1 / GIoU box
+loss. v2 (``retinanet.norm = "GN"``, ``box_loss = "giou"``, ``fpn.top_block = "p6p7_c5"``) is
+torchvision's ``retinanet_resnet50_fpn_v2``. Inference and losses follow torchvision's semantics
+(per-image loss normalisation, per-level threshold and top-k, class-wise NMS).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
+
+from swiftdet.config.schema import ModelConfig
+from swiftdet.errors import ConfigError, InputError
+from swiftdet.model.anchors import AnchorGenerator
+from swiftdet.model.backbone import FPN, ResNet, build_fpn, build_resnet
+from swiftdet.model.box_coder import BoxCoder
+from swiftdet.model.dense_head import (
+    DenseDetector,
+    batched_detections,
+    conv_tower,
+    flatten_level_output,
+    init_prediction_conv,
+    logit,
+    select_candidates,
+)
+from swiftdet.model.matcher import Matcher
+from swiftdet.structures import ImageList, Instances
+
+__all__ = ["RetinaNet", "RetinaNetHead", "build_retinanet", "check_targets"]
+
+
+class RetinaNetHead(nn.Module):
+    """Classification and box towers applied to every level with shared weights.
+
+    Args:
+        in_channels: channels of every pyramid level.
+        num_anchors: anchors per location (A).
+        num_classes: foreground classes (K); no background logit (sigmoid per class).
+        num_convs: depth of each tower.
+        norm: "" or "GN" after each tower conv (the convs then have no bias, as in torchvision).
+        prior_prob: initial foreground probability of every class logit.
+    """
+
+    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, num_convs: int, norm: str, prior_prob: float):
+        super().__init__()
+        self.num_classes = num_classes
+        self.cls_tower = conv_tower(in_channels, num_convs, norm, conv_bias=norm == "")
+        self.box_tower = conv_tower(in_channels, num_convs, norm, conv_bias=norm == "")
+        self.cls_score = init_prediction_conv(
+            nn.Conv2d(in_channels, num_anchors * num_classes, kernel_size=3, padding=1), prior_prob
+        )
+        self.bbox_pred = init_prediction_conv(nn.Conv2d(in_channels, num_anchors * 4, kernel_size=3, padding=1))
+
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Per level: (B, H*W*A, K) class logits and (B, H*W*A, 4) box deltas."""
+        logits, deltas = [], []
+        for x in features:
+            logits.append(flatten_level_output(self.cls_score(self.cls_tower(x)), self.num_classes))
+            deltas.append(flatten_level_output(self.bbox_pred(self.box_tower(x)), 4))
+        return logits, deltas
+
+
+def check_targets(targets: list[Instances] | None, num_images: int) -> list[Instances]:
+    """Targets for training: one Instances per image, boxes with positive width and height."""
+    if targets is None or len(targets) != num_images:
+        got = "no targets" if targets is None else f"{len(targets)} targets"
+        raise InputError(f"Training needs one target Instances per image: got {got} for {num_images} images.")
+    for i, t in enumerate(targets):
+        b = t.boxes.tensor
+        if b.numel() and bool(((b[:, 2:] <= b[:, :2]).any())):
+            bad = b[(b[:, 2:] <= b[:, :2]).any(dim=1)][0].tolist()
+            raise InputError(
+                f"Target boxes of image {i} in the batch include a box with zero or negative width or height "
+                f"({bad}, xyxy); drop such annotations when loading the dataset."
+            )
+    return targets
+
+
+class RetinaNet(DenseDetector):
+    """RetinaNet detector (see the module docstring). Built by :func:`build_retinanet`.
+
+    Args:
+        cfg: the model config (``cfg.retinanet`` holds the head, loss and inference settings).
+        backbone: bottom-up network, features dict from a (B, 3, H, W) batch.
+        fpn: pyramid over the backbone's features producing ``cfg.retinanet.in_features``.
+        head: the :class:`RetinaNetHead`.
+        anchor_generator: anchors of every level, in the head's output order.
+    """
+
+    def __init__(self, cfg: ModelConfig, backbone: ResNet, fpn: FPN, head: RetinaNetHead, anchor_generator: AnchorGenerator):
+        super().__init__(cfg)
+        rc = cfg.retinanet
+        self.backbone = backbone
+        self.fpn = fpn
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.in_features = tuple(rc.in_features)
+        self.num_classes = cfg.num_classes
+        self.box_coder = BoxCoder(rc.box_reg_weights)
+        self.matcher = Matcher(rc.fg_iou_thresh, rc.bg_iou_thresh, allow_low_quality_matches=True)
+
+    def forward(self, images: ImageList, targets: list[Instances] | None = None) -> dict[str, Tensor] | list[Instances]:
+        """Losses (training) or detections in the resized images' coordinates (eval)."""
+        pyramid = self.fpn(self.backbone(images.tensor))
+        features = [pyramid[f] for f in self.in_features]
+        logits, deltas = self.head(features)
+        anchors = self.anchor_generator(images, features)[0]
+        if self.training:
+            targets = check_targets(targets, len(images))
+            return self.losses(torch.cat(logits, dim=1), torch.cat(deltas, dim=1), anchors, targets)
+        return self.inference(logits, deltas, anchors, images.image_sizes)
+
+    def match(self, anchors: Tensor, targets: list[Instances]) -> tuple[Tensor, Tensor]:
+        """Per anchor of each image: class (-1 background, -2 ignored) and matched box.
+
+        Returns:
+            labels (B, N) int64 and boxes (B, N, 4) (zeros where unmatched).
+        """
+        labels, boxes = [], []
+        for t in targets:
+            gt = t.boxes.tensor.to(anchors.dtype)
+            if gt.shape[0] == 0:
+                labels.append(torch.full((anchors.shape[0],), -1, dtype=torch.int64, device=anchors.device))
+                boxes.append(anchors.new_zeros(anchors.shape))
+                continue
+            idx = self.matcher(box_iou(gt, anchors))
+            safe = idx.clamp(min=0)
+            labels.append(torch.where(idx >= 0, t.labels[safe], idx))
+            boxes.append(gt[safe])
+        return torch.stack(labels), torch.stack(boxes)
+
+    def losses(self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: list[Instances]) -> dict[str, Tensor]:
+        """Focal loss and box loss, each normalised per image by its number of foreground anchors
+        and averaged over images (torchvision's convention).
+
+        Args:
+            logits: (B, N, K); deltas: (B, N, 4); anchors: (N, 4).
+        """
+        rc = self.cfg.retinanet
+        logits, deltas = logits.float(), deltas.float()
+        labels, matched_boxes = self.match(anchors, targets)
+        foreground = labels >= 0
+        valid = labels != Matcher.BETWEEN_THRESHOLDS
+        num_images = logits.shape[0]
+        # Per-image weight 1 / (max(1, #foreground) * B).
+        weight = 1.0 / (foreground.sum(dim=1).clamp(min=1).to(logits.dtype) * num_images)
+
+        cls_target = torch.zeros_like(logits)
+        img_idx, anchor_idx = foreground.nonzero(as_tuple=True)
+        cls_target[img_idx, anchor_idx, labels[img_idx, anchor_idx]] = 1.0
+        focal = sigmoid_focal_loss(logits, cls_target, alpha=rc.focal_alpha, gamma=rc.focal_gamma, reduction="none")
+        per_anchor = focal.sum(dim=2) * valid
+        loss_cls = (per_anchor.sum(dim=1) * weight).sum()
+
+        pred = deltas[img_idx, anchor_idx]
+        gt = matched_boxes[img_idx, anchor_idx]
+        fg_anchors = anchors[anchor_idx]
+        if rc.box_loss == "giou":
+            per_box = generalized_box_iou_loss(self.box_coder.decode(pred, fg_anchors), gt, reduction="none", eps=1e-7)
+        else:
+            target = self.box_coder.encode(gt, fg_anchors)
+            if rc.box_loss == "l1" or rc.smooth_l1_beta == 0.0:
+                per_box = F.l1_loss(pred, target, reduction="none").sum(dim=1)
+            else:
+                per_box = F.smooth_l1_loss(pred, target, reduction="none", beta=rc.smooth_l1_beta).sum(dim=1)
+        loss_box = (per_box * weight[img_idx]).sum()
+        return {"loss_cls": loss_cls, "loss_box": loss_box}
+
+    def inference(
+        self, logits: list[Tensor], deltas: list[Tensor], anchors: Tensor, image_sizes: list[tuple[int, int]]
+    ) -> list[Instances]:
+        """Detections per image: per level the top-k (anchor, class) pairs whose probability exceeds
+        ``score_thresh``, decoded, clipped, class-wise NMS, at most ``detections_per_image``.
+
+        Args:
+            logits: per level (B, N_l, K); deltas: per level (B, N_l, 4); anchors: (N, 4) all levels.
+        """
+        rc = self.cfg.retinanet
+        # sigmoid(x) > t  <=>  x > logit(t): threshold the logits so only candidates get a sigmoid.
+        img_idx, anchor_idx, labels, cand_logits = select_candidates(logits, logit(rc.score_thresh), rc.topk_candidates)
+        scores = torch.sigmoid(cand_logits)
+        all_deltas = torch.cat(deltas, dim=1)
+        boxes = self.box_coder.decode(all_deltas[img_idx, anchor_idx], anchors[anchor_idx])
+        return batched_detections(
+            boxes, scores, labels, img_idx, image_sizes, self.num_classes, rc.nms_thresh, rc.detections_per_image
+        )
+
+
+def build_retinanet(cfg: ModelConfig) -> RetinaNet:
+    """RetinaNet described by ``cfg`` (``cfg.arch == "retinanet"``), randomly initialised."""
+    rc = cfg.retinanet
+    backbone = build_resnet(cfg.backbone)
+    fpn = build_fpn(cfg, backbone.output_shape())
+    missing = [f for f in rc.in_features if f not in fpn.out_features]
+    if missing:
+        raise ConfigError(
+            f"model.retinanet.in_features names {missing}, which the FPN does not produce (it gives "
+            f"{list(fpn.out_features)}); set model.fpn.in_features / model.fpn.top_block accordingly."
+        )
+    if len(rc.anchors.sizes) != len(rc.in_features):
+        raise ConfigError(
+            f"model.retinanet.anchors.sizes has {len(rc.anchors.sizes)} levels but model.retinanet.in_features "
+            f"has {len(rc.in_features)}; give one tuple of sizes per level."
+        )
+    anchor_generator = AnchorGenerator(rc.anchors.sizes, rc.anchors.aspect_ratios)
+    num_anchors = anchor_generator.num_anchors_per_location()
+    if len(set(num_anchors)) != 1:
+        raise ConfigError(
+            f"model.retinanet.anchors gives {num_anchors} anchors per location on the levels; the shared head "
+            "needs the same number on every level (same count of sizes per level)."
+        )
+    head = RetinaNetHead(fpn.out_channels, num_anchors[0], cfg.num_classes, rc.num_convs, rc.norm, rc.prior_prob)
+    return RetinaNet(cfg, backbone, fpn, head, anchor_generator)

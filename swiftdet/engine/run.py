@@ -1,0 +1,236 @@
+"""Training and evaluation runs built from a config: what ``swiftdet train`` and ``swiftdet eval`` do
+in every process (alone, under torchrun, or spawned by ``--nproc``)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from swiftdet.config.core import config_to_dict, config_to_yaml
+from swiftdet.config.schema import Config
+from swiftdet.engine.checkpoint import load_checkpoint_file
+from swiftdet.engine.distributed import (
+    get_rank,
+    get_world_size,
+    init_distributed_from_env,
+    launch,
+    shutdown_distributed,
+)
+from swiftdet.engine.evaluator import evaluate_model
+from swiftdet.engine.logging import MetricsWriter, setup_logger
+from swiftdet.engine.trainer import (
+    Trainer,
+    check_best_metric,
+    default_device,
+    per_process_batch_size,
+    prepare_output_dir,
+    seed_everything,
+    write_config,
+)
+from swiftdet.errors import ConfigError, DatasetError, WeightsError
+
+__all__ = ["build_detector", "load_model_weights", "run_evaluation", "run_training", "train_in_processes"]
+
+logger = logging.getLogger("swiftdet")
+
+
+def load_model_weights(model: nn.Module, path: str | Path, *, allow_head_mismatch: bool = False) -> dict[str, Any]:
+    """Load a swiftdet model file into ``model``; returns the file's dict (``meta``, ``config``...).
+
+    With ``allow_head_mismatch`` (fine-tuning on other classes), parameters whose shape differs from
+    the model's (class-dependent layers) keep their fresh initialisation, and are listed in the log.
+    Any other missing or unexpected key is an error.
+    """
+    data = load_checkpoint_file(path)
+    own = model.state_dict()
+    state = dict(data["model"])
+    reshaped = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if reshaped and not allow_head_mismatch:
+        k = reshaped[0]
+        raise WeightsError(
+            f"Weights '{path}' do not fit this model: '{k}' has shape {tuple(state[k].shape)} in the file and "
+            f"{tuple(own[k].shape)} in the model ({len(reshaped)} such keys). Use the config the weights were trained with."
+        )
+    for k in reshaped:
+        del state[k]
+    missing = [k for k in own if k not in state and k not in reshaped]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise WeightsError(
+            f"Weights '{path}' do not match this model's architecture: {len(missing)} parameters missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}). Use a config with the "
+            "same model.arch, backbone and heads as the run that wrote the file."
+        )
+    model.load_state_dict(state, strict=False)
+    if reshaped:
+        logger.info(f"loaded {path}; kept fresh initialisation for {len(reshaped)} class-dependent tensors: {', '.join(reshaped)}")
+    else:
+        logger.info(f"loaded weights {path}")
+    return data
+
+
+def _uses_batch_norm(cfg: Config) -> bool:
+    m = cfg.model
+    return m.backbone.norm in ("BN", "SyncBN") or "BN" in (m.fpn.norm, m.box_head.norm, m.mask_head.norm)
+
+
+def build_detector(cfg: Config, device: torch.device, *, fine_tune: bool = True) -> nn.Module:
+    """The model of ``cfg`` on ``device``: built with ``seed``, ``model.weights`` loaded if set, and its
+    BatchNorm layers synchronised across processes when several train together."""
+    from swiftdet.model.build import build_model
+
+    seed_everything(cfg.seed)  # the same initial weights in every process and every run
+    model = build_model(cfg.model)
+    if cfg.model.weights:
+        load_model_weights(model, cfg.model.weights, allow_head_mismatch=fine_tune)
+    if get_world_size() > 1 and _uses_batch_norm(cfg):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        logger.info("converted BatchNorm layers to SyncBatchNorm (statistics over all processes)")
+    return model.to(device)
+
+
+def _check_classes(cfg: Config, meta: Any, field: str) -> None:
+    if meta.num_classes != cfg.model.num_classes:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} but the dataset of {field} ({meta.name}) has "
+            f"{meta.num_classes} categories ({', '.join(meta.class_names[:6])}{', ...' if meta.num_classes > 6 else ''}). "
+            f"Set model.num_classes={meta.num_classes}."
+        )
+
+
+def _load_test_set(cfg: Config, verbose: bool):
+    from swiftdet.data import load_dataset
+
+    return load_dataset(cfg.data.test, training=False, field="data.test", verbose=verbose)
+
+
+def _make_evaluate(cfg: Config, test_set: Any):
+    """``evaluate(model, prefix)`` over this rank's shard of the test set."""
+    from swiftdet.data import build_test_loader
+
+    loader = build_test_loader(cfg, test_set, batch_size=cfg.test.ims_per_batch, rank=get_rank(),
+                               world_size=get_world_size(), with_targets=False)
+    category_ids = list(test_set.meta.category_ids)
+
+    def evaluate(model: nn.Module, prefix: str) -> dict[str, float]:
+        return evaluate_model(model, loader, cfg.data.test.json, category_ids, mask_on=cfg.model.mask_on, prefix=prefix)
+
+    return evaluate
+
+
+def run_training(cfg: Config, output_dir: str | Path, *, resume: bool = False) -> dict[str, float]:
+    """Train ``cfg`` in this process (joining torchrun's process group if there is one).
+
+    Returns the final evaluation metrics (empty when ``data.test.json`` is not set).
+    """
+    from swiftdet.data import build_train_loader, load_dataset
+
+    init_distributed_from_env()
+    try:
+        rank, world = get_rank(), get_world_size()
+        output_dir = prepare_output_dir(output_dir, resume=resume)
+        setup_logger(output_dir if rank == 0 else None, rank)
+        batch_size = per_process_batch_size(cfg.solver.ims_per_batch, world, cfg.solver.accumulate_steps)
+        check_best_metric(cfg)
+        if rank == 0:
+            write_config(cfg, output_dir)
+            logger.info(f"config (saved as {output_dir / 'config.yaml'}):\n{config_to_yaml(cfg)}")
+            logger.info(f"{world} process(es), {batch_size} images per process and forward pass, "
+                        f"{cfg.solver.accumulate_steps} accumulation step(s)")
+        device = default_device()
+        train_set = load_dataset(cfg.data.train, training=True, field="data.train",
+                                 filter_empty=cfg.data.filter_empty, verbose=rank == 0)
+        if len(train_set) == 0:
+            raise DatasetError(
+                f"data.train ({cfg.data.train.json}) has no usable training image: every image was dropped "
+                "(see the load summary above). Check the annotations, or set data.filter_empty=false to train "
+                "on images without objects."
+            )
+        _check_classes(cfg, train_set.meta, "data.train")
+        evaluate = None
+        if cfg.data.test.json:
+            test_set = _load_test_set(cfg, verbose=rank == 0)
+            _check_classes(cfg, test_set.meta, "data.test")
+            evaluate = _make_evaluate(cfg, test_set)
+        elif rank == 0:
+            logger.warning("data.test.json is not set: training without evaluation (no best.pth)")
+
+        model = build_detector(cfg, device)
+        seed_everything(cfg.seed + rank)  # per-process random streams from here on
+
+        def train_loader(start: int):
+            return build_train_loader(cfg, train_set, batch_size=batch_size, rank=rank, world_size=world, start_iter=start)
+
+        trainer = Trainer(cfg, model, train_loader, evaluate, train_set.meta.to_dict(), output_dir, device)
+        return trainer.train(resume=resume)
+    finally:
+        shutdown_distributed()
+
+
+def _training_process(cfg_dict: dict, output_dir: str, resume: bool, nproc: int) -> None:
+    from swiftdet.config.core import config_from_dict
+
+    if not torch.cuda.is_available():
+        # Processes sharing the CPU split its cores instead of oversubscribing them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+    run_training(config_from_dict(Config, cfg_dict), output_dir, resume=resume)
+
+
+def train_in_processes(cfg: Config, output_dir: str | Path, *, resume: bool, nproc: int) -> dict[str, float]:
+    """Run :func:`run_training` in ``nproc`` local processes (``--nproc``), or in this one when 1."""
+    if nproc <= 1:
+        return run_training(cfg, output_dir, resume=resume)
+    # Fail fast in the parent on what every child would reject anyway.
+    prepare_output_dir(output_dir, resume=resume)
+    per_process_batch_size(cfg.solver.ims_per_batch, nproc, cfg.solver.accumulate_steps)
+    launch(_training_process, nproc, (config_to_dict(cfg), str(output_dir), resume, nproc))
+    return {}
+
+
+def run_evaluation(cfg: Config, weights: str | Path, *, output_dir: str | Path | None = None) -> dict[str, float]:
+    """Evaluate the model file ``weights`` on ``cfg.data.test`` (every process of a torchrun group helps).
+
+    With ``output_dir``, rank 0 appends the metrics to ``output_dir/metrics.jsonl``.
+    """
+    init_distributed_from_env()
+    try:
+        rank = get_rank()
+        if output_dir is not None:
+            output_dir = prepare_output_dir_for_eval(output_dir)
+        setup_logger(output_dir if rank == 0 else None, rank)
+        if not cfg.data.test.json:
+            raise ConfigError("data.test.json is empty: set data.test.json=... and data.test.image_root=... to evaluate.")
+        device = default_device()
+        test_set = _load_test_set(cfg, verbose=rank == 0)
+        _check_classes(cfg, test_set.meta, "data.test")
+        from swiftdet.model.build import build_model
+
+        model = build_model(cfg.model)
+        # Shapes and names must match exactly; test-time settings (thresholds, sizes) may differ from training.
+        data = load_model_weights(model, weights)
+        model.to(device).eval()
+        metrics = _make_evaluate(cfg, test_set)(model, "")
+        if output_dir is not None and rank == 0:
+            writer = MetricsWriter(output_dir, tensorboard=False)
+            writer.write({"iter": int(data.get("iteration", 0)), "weights": str(weights), **metrics})
+            writer.close()
+        return metrics
+    finally:
+        shutdown_distributed()
+
+
+def prepare_output_dir_for_eval(path: str | Path) -> Path:
+    """Like the training folder check, but an evaluation may go into the folder of a run."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"Output folder '{path}' is not writable ({error.strerror or error}). Pass --output with a folder you can write to.") from error
+    return path

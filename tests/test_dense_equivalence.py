@@ -20,6 +20,7 @@ from swiftdet.config import load_config
 from swiftdet.errors import WeightsError
 from swiftdet.model.build import build_model
 from swiftdet.model.dense_head import topk_above_threshold
+from swiftdet.weights.coco_classes import COCO_CATEGORY_IDS
 from swiftdet.weights.torchvision_dense import convert_dense_state_dict
 
 NUM_CLASSES = 5
@@ -149,6 +150,24 @@ def test_converter_rejects_other_architectures():
         convert_dense_state_dict(fcos, load_config("fcos_R_50_FPN_1x", ["model.num_classes=7"]).model)
     # The matching pairs convert.
     assert convert_dense_state_dict(v1, v1_cfg) and convert_dense_state_dict(fcos, fcos_cfg)
+
+
+def test_converter_selects_coco_classes_from_91_slot_head():
+    """torchvision's COCO heads have 91 slots indexed by category id; an 80-class model keeps the
+    rows of COCO_CATEGORY_IDS, per anchor."""
+    cfg = load_config("retinanet_R_50_FPN_1x").model
+    assert cfg.num_classes == len(COCO_CATEGORY_IDS) == 80
+    sd = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
+    out = convert_dense_state_dict(sd, cfg)
+    w, b = sd["head.classification_head.cls_logits.weight"], sd["head.classification_head.cls_logits.bias"]
+    for anchor in (0, 8):
+        for label, cat_id in ((0, 1), (11, 13), (79, 90)):
+            assert torch.equal(out["head.cls_score.weight"][anchor * 80 + label], w[anchor * 91 + cat_id])
+            assert out["head.cls_score.bias"][anchor * 80 + label] == b[anchor * 91 + cat_id]
+    fcos_cfg = load_config("fcos_R_50_FPN_1x").model
+    fcos = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
+    cls_bias = convert_dense_state_dict(fcos, fcos_cfg)["head.cls_score.bias"]
+    assert torch.equal(cls_bias, fcos["head.classification_head.cls_logits.bias"][list(COCO_CATEGORY_IDS)])
 
 
 def test_converter_accepts_pre_0_13_retinanet_head_keys():

@@ -9,7 +9,7 @@ vectorised over images and levels: no Python loop per box, one host sync per lev
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,7 @@ from torchvision.ops import batched_nms
 
 from swiftdet.config.schema import ModelConfig
 from swiftdet.errors import InputError
+from swiftdet.model.postprocess import rescale_instances
 from swiftdet.structures import Boxes, ImageList, Instances
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "topk_above_threshold",
     "select_candidates",
     "batched_detections",
-    "rescale_instances",
 ]
 
 
@@ -182,28 +182,6 @@ def batched_detections(
     return results
 
 
-def rescale_instances(results: Sequence[Instances], images: ImageList) -> list[Instances]:
-    """Map boxes from the resized images to ``images.original_sizes`` and clip them there.
-
-    The ratios are float32 quotients of the integer sizes, computed as torchvision's
-    ``GeneralizedRCNNTransform.postprocess`` does, so the boxes match it bit for bit before clipping.
-    """
-    out = []
-    for inst, size, orig in zip(results, images.image_sizes, images.original_sizes):
-        t = inst.boxes.tensor
-        ratio_h = torch.tensor(orig[0], dtype=torch.float32, device=t.device) / torch.tensor(
-            size[0], dtype=torch.float32, device=t.device
-        )
-        ratio_w = torch.tensor(orig[1], dtype=torch.float32, device=t.device) / torch.tensor(
-            size[1], dtype=torch.float32, device=t.device
-        )
-        x0, y0, x1, y1 = t.unbind(1)
-        scaled = torch.stack([x0 * ratio_w, y0 * ratio_h, x1 * ratio_w, y1 * ratio_h], dim=1)
-        boxes = Boxes(scaled).clip((int(orig[0]), int(orig[1])))
-        out.append(inst.with_fields(boxes=boxes, image_size=(int(orig[0]), int(orig[1]))))
-    return out
-
-
 class DenseDetector(nn.Module):
     """Shell shared by RetinaNet and FCOS: input normalisation, output rescaling, ``predict``.
 
@@ -248,8 +226,13 @@ class DenseDetector(nn.Module):
         return ImageList.from_tensors(normalised, self.size_divisibility, 0.0, original_sizes)
 
     def postprocess(self, results: list[Instances], images: ImageList) -> list[Instances]:
-        """Boxes in the original images' coordinates, clipped to them."""
-        return rescale_instances(results, images)
+        """Boxes in the original images' coordinates (float32 per-axis ratios, as torchvision's
+        ``transform.postprocess``), then clipped to the original images."""
+        out = []
+        for inst, size, orig in zip(results, images.image_sizes, images.original_sizes):
+            inst = rescale_instances(inst, tuple(size), tuple(orig))
+            out.append(inst.with_fields(boxes=inst.boxes.clip(inst.image_size)))
+        return out
 
     def predict(self, images: list[Tensor], original_sizes: list[tuple[int, int]] | None = None) -> list[Instances]:
         """preprocess -> forward in eval mode without gradients -> postprocess."""

@@ -8,6 +8,8 @@ normalisation and resizing.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import pytest
@@ -41,7 +43,8 @@ GAINS = {
     "box_predictor.bbox_pred": 0.05,
     "mask_fcn_logits": 0.3,
 }
-TV_KWARGS = dict(box_score_thresh=0.01, rpn_post_nms_top_n_test=100, box_detections_per_img=20)
+TV_KWARGS = dict(box_score_thresh=0.01, rpn_post_nms_top_n_test=50, box_detections_per_img=10)
+MIN_SIZE = 256
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> None:
@@ -63,7 +66,7 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> None:
 
 def torchvision_model(kind: str, **kwargs) -> torch.nn.Module:
     """torchvision's model; v1 with FrozenBN as in its pretrained checkpoints."""
-    kwargs = {"num_classes": NUM_CLASSES + 1, "min_size": 320, "max_size": 1333, **TV_KWARGS, **kwargs}
+    kwargs = {"num_classes": NUM_CLASSES + 1, "min_size": MIN_SIZE, "max_size": 1333, **TV_KWARGS, **kwargs}
     if kind.endswith("v1"):
         body = _resnet_fpn_extractor(torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d), 3)
         model = (MaskRCNN if kind.startswith("mask") else FasterRCNN)(body, **kwargs)
@@ -74,11 +77,9 @@ def torchvision_model(kind: str, **kwargs) -> torch.nn.Module:
     return model.eval()
 
 
-def swiftdet_model(kind: str, tv: torch.nn.Module, identity_normalisation: bool):
+def swiftdet_model(kind: str, tv: torch.nn.Module):
     cfg = load_config(CONFIG_NAMES[kind], []).model
     cfg.num_classes = NUM_CLASSES
-    if identity_normalisation:
-        cfg.pixel_mean, cfg.pixel_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     cfg.box_head.score_thresh = TV_KWARGS["box_score_thresh"]
     cfg.rpn.post_nms_topk_test = TV_KWARGS["rpn_post_nms_top_n_test"]
     cfg.box_head.detections_per_image = TV_KWARGS["box_detections_per_img"]
@@ -87,15 +88,43 @@ def swiftdet_model(kind: str, tv: torch.nn.Module, identity_normalisation: bool)
     return model
 
 
-def capture_outputs(tv: torch.nn.Module, ours: torch.nn.Module) -> dict:
+@functools.lru_cache(maxsize=None)
+def model_pair(kind: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(torchvision model, converted swiftdet model), built once per module run."""
+    torch.manual_seed(0)
+    tv = torchvision_model(kind)
+    return tv, swiftdet_model(kind, tv)
+
+
+@contextlib.contextmanager
+def identity_normalisation(tv: torch.nn.Module, ours: torch.nn.Module):
+    """Mean 0 / std 1 in both models for the duration."""
+    saved = (tv.transform.image_mean, tv.transform.image_std, ours.pixel_mean.clone(), ours.pixel_std.clone())
+    tv.transform.image_mean, tv.transform.image_std = [0.0] * 3, [1.0] * 3
+    ours.pixel_mean.zero_()
+    ours.pixel_std.fill_(1.0)
+    try:
+        yield
+    finally:
+        tv.transform.image_mean, tv.transform.image_std = saved[0], saved[1]
+        ours.pixel_mean.copy_(saved[2])
+        ours.pixel_std.copy_(saved[3])
+
+
+@contextlib.contextmanager
+def capture_outputs(tv: torch.nn.Module, ours: torch.nn.Module):
     """Record RPN proposals and raw RoI-head outputs (copied: torchvision edits its dicts later)."""
     store: dict = {}
-    tv.rpn.register_forward_hook(lambda m, i, o: store.__setitem__("tv_props", [p.clone() for p in o[0]]))
-    ours.rpn.register_forward_hook(lambda m, i, o: store.__setitem__("our_props", [p.clone() for p in o[0]]))
-    tv.roi_heads.register_forward_hook(
-        lambda m, i, o: store.__setitem__("tv_raw", [{k: v.clone() for k, v in d.items()} for d in o[0]])
-    )
-    return store
+    handles = [
+        tv.rpn.register_forward_hook(lambda m, i, o: store.__setitem__("tv_props", [p.clone() for p in o[0]])),
+        ours.rpn.register_forward_hook(lambda m, i, o: store.__setitem__("our_props", [p.clone() for p in o[0]])),
+        tv.roi_heads.register_forward_hook(
+            lambda m, i, o: store.__setitem__("tv_raw", [{k: v.clone() for k, v in d.items()} for d in o[0]])
+        ),
+    ]
+    yield store
+    for h in handles:
+        h.remove()
 
 
 def assert_same_detections(tv_out: dict, ours, atol: float = 1e-4) -> None:
@@ -107,22 +136,19 @@ def assert_same_detections(tv_out: dict, ours, atol: float = 1e-4) -> None:
 
 @pytest.mark.parametrize("kind", list(CONFIG_NAMES))
 def test_matches_torchvision(kind):
-    torch.manual_seed(0)
-    tv = torchvision_model(kind, image_mean=[0.0] * 3, image_std=[1.0] * 3)
-    ours = swiftdet_model(kind, tv, identity_normalisation=True)
-    store = capture_outputs(tv, ours)
+    tv, ours = model_pair(kind)
     g = torch.Generator().manual_seed(1)
-    images = [torch.randn(3, 320, 416, generator=g), torch.randn(3, 384, 320, generator=g)]
-    with torch.no_grad():
+    images = [torch.randn(3, MIN_SIZE, 320, generator=g), torch.randn(3, 288, MIN_SIZE, generator=g)]
+    with torch.no_grad(), identity_normalisation(tv, ours), capture_outputs(tv, ours) as store:
         expected = tv(images)
         batch = ours.preprocess(images)
         raw = ours(batch)
 
     for p_tv, p_ours in zip(store["tv_props"], store["our_props"]):
-        assert p_tv.shape == p_ours.shape and p_tv.shape[0] == 100
+        assert p_tv.shape == p_ours.shape and p_tv.shape[0] == TV_KWARGS["rpn_post_nms_top_n_test"]
         torch.testing.assert_close(p_ours, p_tv, rtol=0, atol=1e-4)
-    for r, tv_raw in zip(raw, store["tv_raw"]):
-        assert r.image_size == tuple(batch.image_sizes[raw.index(r)])
+    for r, tv_raw, size in zip(raw, store["tv_raw"], batch.image_sizes):
+        assert r.image_size == tuple(size)
         assert_same_detections(tv_raw, r)
         if kind.startswith("mask"):
             assert r.masks.shape == (len(r), 1, 28, 28)
@@ -142,14 +168,12 @@ def test_matches_torchvision(kind):
 
 def test_full_pipeline_matches_torchvision():
     """Real normalisation, resizing of odd-sized images and rescaling back, through predict()."""
-    torch.manual_seed(0)
-    tv = torchvision_model("mask_v1")
-    ours = swiftdet_model("mask_v1", tv, identity_normalisation=False)
+    tv, ours = model_pair("mask_v1")
     g = torch.Generator().manual_seed(2)
-    images = [torch.rand(3, 250, 333, generator=g) * 255, torch.rand(3, 301, 260, generator=g) * 255]
+    images = [torch.rand(3, 200, 266, generator=g) * 255, torch.rand(3, 301, 260, generator=g) * 255]
     with torch.no_grad():
         expected = tv([im / 255 for im in images])
-    resized = [resize_image(im, 320, 1333) for im in images]
+    resized = [resize_image(im, MIN_SIZE, 1333) for im in images]
     results = ours.predict(resized, original_sizes=[tuple(im.shape[-2:]) for im in images])
     for r, e, im in zip(results, expected, images):
         assert r.image_size == tuple(im.shape[-2:])

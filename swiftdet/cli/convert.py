@@ -1,0 +1,78 @@
+"""`swiftdet convert torchvision IN.pth OUT.pth --config NAME [KEY=VALUE ...]`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "convert"
+HELP = "convert another toolbox's model file (torchvision) into a swiftdet checkpoint"
+
+SOURCE_FORMATS = ("torchvision",)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source_format", choices=SOURCE_FORMATS, help="toolbox the input file comes from")
+    parser.add_argument("input", metavar="IN", help="the file to convert (a state_dict, a dict holding one under "
+                        "'model'/'state_dict', or with --allow-pickle a whole pickled model); a path or URL")
+    parser.add_argument("output", metavar="OUT", help="swiftdet checkpoint to write")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.num_classes=2")
+    parser.add_argument("--config", required=True, metavar="NAME",
+                        help="config of the swiftdet model the weights are for, e.g. mask_rcnn_R_50_FPN_1x")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="unpickle arbitrary Python objects (needed for a whole saved model; trusted files only)")
+
+
+def convert_torchvision(input_path: str, output_path: str, cfg, *, allow_pickle: bool = False) -> dict:
+    """Convert a torchvision detection model file for ``cfg`` and write it as a swiftdet checkpoint.
+
+    The converted weights are loaded into the model ``cfg`` builds, every key and shape checked,
+    before anything is written (atomically). Returns the checkpoint's meta.
+
+    Raises:
+        WeightsError: unreadable file, another architecture, or a result that does not fill the model.
+    """
+    from swiftdet.config.core import config_to_dict
+    from swiftdet.errors import WeightsError
+    from swiftdet.model.build import build_model
+    from swiftdet.utils.io import atomic_torch_save
+    from swiftdet.weights.checkpoint import CHECKPOINT_FORMAT, extract_state_dict, make_checkpoint, match_state_dict
+    from swiftdet.weights.checkpoint import read_weights_file
+    from swiftdet.weights.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+
+    obj = read_weights_file(input_path, allow_pickle=allow_pickle)
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        raise WeightsError(f"'{input_path}' is already a swiftdet checkpoint; load it directly (--weights).")
+    state_dict, _, _ = extract_state_dict(obj, input_path)
+    if cfg.model.arch == "rcnn":
+        from swiftdet.weights.torchvision_rcnn import convert_rcnn_state_dict
+
+        converted = convert_rcnn_state_dict(state_dict, cfg.model, source=input_path)
+    else:
+        from swiftdet.weights.torchvision_dense import convert_dense_state_dict
+
+        converted = convert_dense_state_dict(state_dict, cfg.model)
+    model = build_model(cfg.model)
+    # Strict: every model tensor must come from the file and every converted tensor find its place.
+    report = match_state_dict(model.state_dict(), converted, input_path, num_classes=None, strict_arch=True)
+    if report.missing or report.unexpected:
+        raise WeightsError(
+            f"The converted '{input_path}' does not fill the model of this config: missing {report.missing[:4]}, "
+            f"unexpected {report.unexpected[:4]}. Check that --config matches the file's architecture."
+        )
+    model.load_state_dict(converted, strict=True)
+    meta: dict = {"converted_from": f"torchvision:{Path(input_path).name}"}
+    if cfg.model.num_classes == 80:
+        meta["class_names"] = list(COCO_CLASS_NAMES)
+        meta["category_ids"] = list(COCO_CATEGORY_IDS)
+    atomic_torch_save(make_checkpoint(model, config_to_dict(cfg), meta), output_path)
+    return meta
+
+
+def run(args: argparse.Namespace) -> int:
+    from swiftdet.config.core import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    meta = convert_torchvision(args.input, args.output, cfg, allow_pickle=args.allow_pickle)
+    classes = "COCO class names and ids" if "class_names" in meta else "no class names (num_classes != 80)"
+    print(f"Wrote {args.output}: {cfg.model.arch} weights for config '{args.config}', with {classes}.")
+    return 0

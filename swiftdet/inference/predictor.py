@@ -1,0 +1,243 @@
+"""Run a trained detector on images: numpy arrays, tensors or files in, Instances out.
+
+The predictor owns everything between a user's image and the detector contract: checking and
+converting the input (grayscale, RGBA, 16-bit, float ranges), resizing to the test size, batching,
+and moving results back to the CPU in original pixel coordinates.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from swiftdet.config.schema import Config
+from swiftdet.errors import ConfigError, InputError
+from swiftdet.structures import Instances
+from swiftdet.weights.checkpoint import LoadReport, load_backbone_imagenet, load_checkpoint
+
+__all__ = ["ImageInput", "Predictor", "build_model_with_weights", "resolve_device", "to_rgb_tensor"]
+
+logger = logging.getLogger(__name__)
+
+ImageInput = Union[np.ndarray, Tensor, str, os.PathLike]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, refusing CUDA where there is none."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"Unknown device '{device}'; use 'cpu', 'cuda' or 'cuda:N'.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"Device '{device}' was asked for, but CUDA is not available on this machine "
+                              "(no GPU or a CPU-only PyTorch build). Use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"Device '{device}' does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
+    elif dev.type != "cpu":
+        raise ConfigError(f"Device '{device}' is not supported; use 'cpu' or 'cuda'.")
+    return dev
+
+
+def _load_weights(model: nn.Module, cfg: Config, weights: str | None) -> LoadReport | None:
+    """Whole-model weights (``weights`` or cfg.model.weights), else the ImageNet backbone, else nothing."""
+    source = weights or cfg.model.weights
+    if source:
+        report = load_checkpoint(model, source)
+    elif cfg.model.backbone.weights:
+        report = load_backbone_imagenet(model, cfg.model.backbone.weights)
+    else:
+        return None
+    logger.info(report.summary())
+    if report.skipped or report.missing:
+        logger.warning("Weights did not cover the whole model: %s", report.summary())
+    return report
+
+
+def build_model_with_weights(cfg: Config, weights: str | None = None) -> tuple[nn.Module, LoadReport | None]:
+    """The model of ``cfg`` with its weights: ``weights`` (path/URL) or ``cfg.model.weights`` for the
+    whole model, otherwise ``cfg.model.backbone.weights`` for the ImageNet backbone.
+
+    Returns:
+        (model, report of the load or None when no weights were configured).
+    """
+    from swiftdet.model.build import build_model
+
+    model = build_model(cfg.model)
+    return model, _load_weights(model, cfg, weights)
+
+
+def _array_to_chw(array: np.ndarray, name: str) -> Tensor:
+    """(H, W), (H, W, 1|3|4) numpy image -> (3, H, W) tensor (uint8, or float in 0-255)."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise InputError(f"{name} is a numpy array of shape {array.shape}; expected (H, W) grayscale or "
+                         "(H, W, 3) RGB / (H, W, 4) RGBA with channels last.")
+    return _normalise_channels(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1), name)
+
+
+def _normalise_channels(image: Tensor, name: str) -> Tensor:
+    """(C, H, W) with C in 1, 3, 4 -> (3, H, W): gray repeated, alpha dropped; dtype checked."""
+    channels = image.shape[0]
+    if channels == 1:
+        image = image.expand(3, -1, -1)
+    elif channels == 4:
+        image = image[:3]
+    elif channels != 3:
+        raise InputError(f"{name} has {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA).")
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise InputError(f"{name} is empty ({image.shape[1]}x{image.shape[2]} pixels).")
+    if image.dtype == torch.uint8:
+        return image
+    if image.dtype == torch.uint16:
+        return ((image.to(torch.int32) + 128) // 257).to(torch.uint8)
+    if image.dtype.is_floating_point:
+        image = image.float()
+        if not torch.isfinite(image).all():
+            raise InputError(f"{name} contains NaN or infinite values.")
+        lo, hi = float(image.min()), float(image.max())
+        if lo < 0 or hi > 255:
+            raise InputError(
+                f"{name} is a float image with values in [{lo:.3g}, {hi:.3g}]; expected RGB values in 0-255. "
+                "Scale it (e.g. image * 255 for images in 0-1) or pass uint8."
+            )
+        return image
+    raise InputError(f"{name} has pixel type {image.dtype}; expected uint8, 16-bit, or float in 0-255.")
+
+
+def to_rgb_tensor(image: ImageInput, name: str = "image") -> Tensor:
+    """One user image as a (3, H, W) RGB tensor with values in 0-255 (uint8 or float32).
+
+    Accepts a file path (read with EXIF orientation; gray, RGBA and 16-bit PNG handled), a numpy
+    (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA array, or a torch (3, H, W) / (1, H, W) /
+    (4, H, W) / (H, W) tensor; uint8, uint16, or float in 0-255.
+
+    Raises:
+        InputError: anything else, naming the input.
+    """
+    from swiftdet.data.transforms import read_image
+
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype == np.uint16:
+            return _uint16_array(image, name)
+        return _array_to_chw(image, name)
+    if isinstance(image, Tensor):
+        if image.dim() == 2:
+            image = image[None]
+        if image.dim() != 3:
+            raise InputError(f"{name} is a tensor of shape {tuple(image.shape)}; expected (3, H, W) RGB "
+                             "(channels first), (1, H, W) or (H, W) grayscale.")
+        return _normalise_channels(image.detach().cpu(), name)
+    raise InputError(f"{name} is a {type(image).__name__}; expected a file path, a numpy HxWx3 RGB array or a "
+                     "(3, H, W) torch tensor.")
+
+
+def _uint16_array(array: np.ndarray, name: str) -> Tensor:
+    # torch has limited uint16 support: scale to 8 bits in numpy (round(v / 257)), as read_image does.
+    return _array_to_chw(((array.astype(np.int32) + 128) // 257).astype(np.uint8), name)
+
+
+class Predictor:
+    """A detector ready for inference on user images.
+
+    Args:
+        cfg: the full config (model, and input.min_size_test / max_size_test for resizing).
+        weights: checkpoint path or URL (ours or a bare state_dict); None uses cfg.model.weights.
+        device: 'cpu' or 'cuda[:N]'.
+        score_thresh: keep detections scoring at least this (sets the architecture's score
+            threshold, so it also applies before the per-image top-k); None keeps the config's.
+        batch_size: images per forward pass.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        weights: str | None = None,
+        device: str | torch.device = "cpu",
+        score_thresh: float | None = None,
+        batch_size: int = 1,
+    ):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+        cfg = copy.deepcopy(cfg)
+        if score_thresh is not None:
+            if not 0.0 <= score_thresh <= 1.0:
+                raise ConfigError(f"score_thresh must be in [0, 1], got {score_thresh}.")
+            {"rcnn": cfg.model.box_head, "retinanet": cfg.model.retinanet, "fcos": cfg.model.fcos}[
+                cfg.model.arch
+            ].score_thresh = score_thresh
+        if not (weights or cfg.model.weights):
+            raise ConfigError("No weights to predict with: pass a checkpoint (--weights PATH_OR_URL) or set "
+                              "model.weights in the config. Predictions of a randomly initialised model are noise.")
+        self.cfg = cfg
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        model, report = build_model_with_weights(cfg, weights)
+        self.model = model.to(self.device).eval()
+        self.load_report = report
+        self.meta: dict = dict(report.meta) if report is not None else {}
+
+    @classmethod
+    def from_config(
+        cls,
+        name_or_path: str,
+        weights: str | None = None,
+        overrides: Sequence[str] = (),
+        device: str | torch.device = "cpu",
+        **kwargs,
+    ) -> "Predictor":
+        """Predictor of a named config (or .py config file) with ``key=value`` overrides."""
+        from swiftdet.config.core import load_config
+
+        return cls(load_config(name_or_path, list(overrides)), weights, device, **kwargs)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.meta.get("class_names")
+
+    @property
+    def category_ids(self) -> list[int]:
+        """Dataset category id of each label: the checkpoint's, else label + 1."""
+        ids = self.meta.get("category_ids")
+        return list(ids) if ids else list(range(1, self.cfg.model.num_classes + 1))
+
+    def prepare(self, image: ImageInput, name: str = "image") -> tuple[Tensor, tuple[int, int]]:
+        """(resized (3, H', W') float tensor on the device, original (H, W)) of one input."""
+        from swiftdet.data.transforms import resize_image
+
+        rgb = to_rgb_tensor(image, name)
+        original = (int(rgb.shape[1]), int(rgb.shape[2]))
+        resized = resize_image(rgb.to(self.device).float(), self.cfg.input.min_size_test, self.cfg.input.max_size_test)
+        return resized, original
+
+    @torch.no_grad()
+    def __call__(self, images: ImageInput | Sequence[ImageInput]) -> list[Instances]:
+        """Detections for one image or a list of images, in original pixel coordinates, on the CPU.
+
+        A single image gives a one-element list; an empty list gives an empty list.
+        """
+        if isinstance(images, (np.ndarray, Tensor, str, os.PathLike)):
+            images = [images]
+        elif not isinstance(images, (list, tuple)):
+            raise InputError(f"Predictor expects an image or a list of images, got a {type(images).__name__}.")
+        results: list[Instances] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            prepared = [self.prepare(img, self._name(img, start + i)) for i, img in enumerate(chunk)]
+            outputs = self.model.predict([p[0] for p in prepared], [p[1] for p in prepared])
+            results.extend(r.to("cpu") for r in outputs)
+        return results
+
+    @staticmethod
+    def _name(image: ImageInput, index: int) -> str:
+        if isinstance(image, (str, os.PathLike)):
+            return f"Image file '{os.fspath(image)}'"
+        return f"Image {index} of the input"

@@ -109,3 +109,14 @@ def test_eval_output_after_training_step_is_instances():
         b = inst.boxes.tensor
         assert (b[:, 0] >= 0).all() and (b[:, 2] <= size[1]).all() and (b[:, 3] <= size[0]).all()
         assert (inst.scores[:-1] >= inst.scores[1:]).all()
+
+
+@pytest.mark.parametrize("config_name", ["retinanet_R_50_FPN_1x", "fcos_R_50_FPN_1x"])
+def test_bf16_autocast_training_step(config_name):
+    """Mixed precision: losses stay float32 and finite (anchors are made in float32)."""
+    model = _tiny_model(config_name).train()
+    batch, targets = _batch(model, with_empty=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(batch, targets)
+    assert all(v.dtype == torch.float32 and math.isfinite(v.item()) for v in losses.values())
+    sum(losses.values()).backward()

@@ -25,6 +25,7 @@ __all__ = [
     "conv_tower",
     "init_prediction_conv",
     "flatten_level_output",
+    "float32_shapes",
     "logit",
     "topk_above_threshold",
     "select_candidates",
@@ -70,6 +71,15 @@ def flatten_level_output(x: Tensor, channels_per_anchor: int) -> Tensor:
     """(B, A*C, H, W) -> (B, H*W*A, C): position-major, then anchor, the order of the anchors."""
     b, _, h, w = x.shape
     return x.view(b, -1, channels_per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, channels_per_anchor)
+
+
+def float32_shapes(features: Sequence[Tensor]) -> list[Tensor]:
+    """Empty float32 stand-ins with the features' spatial sizes and device, for anchor generation.
+
+    Anchors take the dtype of the tensors they are given; under fp16/bf16 autocast the features
+    are half precision, where pixel coordinates near 1000 are off by several pixels.
+    """
+    return [f.new_empty((0, 0, f.shape[-2], f.shape[-1]), dtype=torch.float32) for f in features]
 
 
 def logit(p: float) -> float:

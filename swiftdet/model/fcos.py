@@ -23,6 +23,7 @@ from swiftdet.model.dense_head import (
     batched_detections,
     conv_tower,
     flatten_level_output,
+    float32_shapes,
     init_prediction_conv,
     select_candidates,
 )
@@ -111,7 +112,7 @@ class FCOS(DenseDetector):
         pyramid = self.fpn(self.backbone(images.tensor))
         features = [pyramid[f] for f in self.in_features]
         logits, distances, ctrness = self.head(features)
-        points = self.point_generator(images, features)[0]
+        points = self.point_generator(images, float32_shapes(features))[0]
         if self.training:
             targets = check_targets(targets, len(images))
             level_sizes = [x.shape[-2] * x.shape[-1] for x in features]
@@ -140,7 +141,7 @@ class FCOS(DenseDetector):
 
         labels, boxes = [], []
         for t in targets:
-            gt = t.boxes.tensor.to(points.dtype)
+            gt = t.boxes.tensor.to(device=points.device, dtype=points.dtype)
             if gt.shape[0] == 0:
                 labels.append(torch.full((points.shape[0],), -1, dtype=torch.int64, device=points.device))
                 boxes.append(points.new_zeros(points.shape))
@@ -159,7 +160,7 @@ class FCOS(DenseDetector):
             best, idx = score.max(dim=1)
             idx[best < 1e-5] = -1
             safe = idx.clamp(min=0)
-            labels.append(torch.where(idx >= 0, t.labels[safe], idx))
+            labels.append(torch.where(idx >= 0, t.labels.to(idx.device)[safe], idx))
             boxes.append(gt[safe])
         return torch.stack(labels), torch.stack(boxes)
 
@@ -214,9 +215,9 @@ class FCOS(DenseDetector):
             per level (B, N_l, K) logits, (B, N_l, 4) distances, (B, N_l, 1) centre-ness; points (N, 4).
         """
         fc = self.cfg.fcos
-        level_scores = [torch.sqrt(torch.sigmoid(c) * torch.sigmoid(q)) for c, q in zip(logits, ctrness)]
+        level_scores = [torch.sqrt(torch.sigmoid(c.float()) * torch.sigmoid(q.float())) for c, q in zip(logits, ctrness)]
         img_idx, point_idx, labels, scores = select_candidates(level_scores, fc.score_thresh, fc.topk_candidates)
-        all_distances = torch.cat(distances, dim=1)
+        all_distances = torch.cat(distances, dim=1).float()
         boxes = fcos_decode(all_distances[img_idx, point_idx], points[point_idx])
         return batched_detections(
             boxes, scores, labels, img_idx, image_sizes, self.num_classes, fc.nms_thresh, fc.detections_per_image

@@ -23,6 +23,7 @@ from swiftdet.model.dense_head import (
     batched_detections,
     conv_tower,
     flatten_level_output,
+    float32_shapes,
     init_prediction_conv,
     logit,
     select_candidates,
@@ -108,7 +109,7 @@ class RetinaNet(DenseDetector):
         pyramid = self.fpn(self.backbone(images.tensor))
         features = [pyramid[f] for f in self.in_features]
         logits, deltas = self.head(features)
-        anchors = self.anchor_generator(images, features)[0]
+        anchors = self.anchor_generator(images, float32_shapes(features))[0]
         if self.training:
             targets = check_targets(targets, len(images))
             return self.losses(torch.cat(logits, dim=1), torch.cat(deltas, dim=1), anchors, targets)
@@ -122,14 +123,14 @@ class RetinaNet(DenseDetector):
         """
         labels, boxes = [], []
         for t in targets:
-            gt = t.boxes.tensor.to(anchors.dtype)
+            gt = t.boxes.tensor.to(device=anchors.device, dtype=anchors.dtype)
             if gt.shape[0] == 0:
                 labels.append(torch.full((anchors.shape[0],), -1, dtype=torch.int64, device=anchors.device))
                 boxes.append(anchors.new_zeros(anchors.shape))
                 continue
             idx = self.matcher(box_iou(gt, anchors))
             safe = idx.clamp(min=0)
-            labels.append(torch.where(idx >= 0, t.labels[safe], idx))
+            labels.append(torch.where(idx >= 0, t.labels.to(idx.device)[safe], idx))
             boxes.append(gt[safe])
         return torch.stack(labels), torch.stack(boxes)
 
@@ -182,8 +183,8 @@ class RetinaNet(DenseDetector):
         rc = self.cfg.retinanet
         # sigmoid(x) > t  <=>  x > logit(t): threshold the logits so only candidates get a sigmoid.
         img_idx, anchor_idx, labels, cand_logits = select_candidates(logits, logit(rc.score_thresh), rc.topk_candidates)
-        scores = torch.sigmoid(cand_logits)
-        all_deltas = torch.cat(deltas, dim=1)
+        scores = torch.sigmoid(cand_logits.float())
+        all_deltas = torch.cat(deltas, dim=1).float()
         boxes = self.box_coder.decode(all_deltas[img_idx, anchor_idx], anchors[anchor_idx])
         return batched_detections(
             boxes, scores, labels, img_idx, image_sizes, self.num_classes, rc.nms_thresh, rc.detections_per_image

@@ -22,6 +22,7 @@ from swiftdet.config.schema import Config, ModelConfig
 from swiftdet.engine.distributed import get_rank, get_world_size, init_distributed_from_env, shutdown_distributed
 from swiftdet.engine.evaluator import evaluate_model
 from swiftdet.engine.logging import setup_logger
+from swiftdet.engine.run import sync_batch_norm_if_distributed
 from swiftdet.engine.trainer import Trainer, prepare_output_dir, seed_everything, write_config
 from swiftdet.structures import Boxes, ImageList, Instances, PolygonMasks
 
@@ -200,12 +201,12 @@ def build_toy_trainer(cfg: Config, output_dir: Path, *, resume: bool, num_train:
                       delay: float = 0.0, model: nn.Module | None = None) -> Trainer:
     """What run_training does with the real parts, with the toy ones."""
     rank, world = get_rank(), get_world_size()
-    seed_everything(cfg.seed)
-    if model is None:
-        model = ToyDetector(cfg.model)
-    seed_everything(cfg.seed + rank)
     prepare_output_dir(output_dir, resume=resume)
     setup_logger(output_dir if rank == 0 else None, rank)
+    seed_everything(cfg.seed)
+    if model is None:
+        model = sync_batch_norm_if_distributed(ToyDetector(cfg.model), cfg, torch.device("cpu"))
+    seed_everything(cfg.seed + rank)
     if rank == 0:
         write_config(cfg, output_dir)
     per_process = cfg.solver.ims_per_batch // (world * cfg.solver.accumulate_steps)

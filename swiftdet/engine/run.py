@@ -33,7 +33,14 @@ from swiftdet.engine.trainer import (
 )
 from swiftdet.errors import ConfigError, DatasetError, WeightsError
 
-__all__ = ["build_detector", "load_model_weights", "run_evaluation", "run_training", "train_in_processes"]
+__all__ = [
+    "build_detector",
+    "load_model_weights",
+    "run_evaluation",
+    "run_training",
+    "sync_batch_norm_if_distributed",
+    "train_in_processes",
+]
 
 logger = logging.getLogger("swiftdet")
 
@@ -87,10 +94,23 @@ def build_detector(cfg: Config, device: torch.device, *, fine_tune: bool = True)
     model = build_model(cfg.model)
     if cfg.model.weights:
         load_model_weights(model, cfg.model.weights, allow_head_mismatch=fine_tune)
-    if get_world_size() > 1 and _uses_batch_norm(cfg):
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        logger.info("converted BatchNorm layers to SyncBatchNorm (statistics over all processes)")
-    return model.to(device)
+    return sync_batch_norm_if_distributed(model, cfg, device).to(device)
+
+
+def sync_batch_norm_if_distributed(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+    """Under several GPU processes, BatchNorm layers of a BN/SyncBN config become SyncBatchNorm, so
+    their statistics cover the whole batch rather than each process's slice.
+
+    PyTorch's DDP accepts SyncBatchNorm on GPU modules only; CPU processes keep per-process
+    BatchNorm (said in the log).
+    """
+    if get_world_size() == 1 or not _uses_batch_norm(cfg):
+        return model
+    if device.type != "cuda":
+        logger.info("BatchNorm statistics stay per process: PyTorch's SyncBatchNorm needs CUDA")
+        return model
+    logger.info("converted BatchNorm layers to SyncBatchNorm (statistics over all processes)")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def _check_classes(cfg: Config, meta: Any, field: str) -> None:

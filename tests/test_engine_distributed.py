@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from swiftdet.engine.distributed import launch
 from swiftdet.engine.evaluator import evaluate_model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -225,3 +226,13 @@ def test_corrupt_checkpoint_is_a_weights_error(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot be read"):
         load_checkpoint_file(bad)
+
+
+def test_bf16_autocast_on_cpu_trains_and_fp16_needs_cuda(tmp_path):
+    cfg = toy_config("solver.amp=bf16", "solver.max_iter=2", "solver.steps=[1]", "solver.checkpoint_period=2")
+    build_toy_trainer(cfg, tmp_path / "bf16", resume=False).train()
+    losses = _losses(tmp_path / "bf16" / "metrics.jsonl")
+    assert sorted(losses) == [1, 2] and all(math.isfinite(v) for r in losses.values() for v in r.values())
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="solver.amp=fp16 needs a CUDA GPU"):
+            build_toy_trainer(toy_config("solver.amp=fp16"), tmp_path / "fp16", resume=False)

@@ -34,7 +34,7 @@ from swiftdet.engine.checkpoint import (
 )
 from swiftdet.engine.distributed import all_gather_object, barrier, get_rank, get_world_size, local_rank
 from swiftdet.engine.ema import ModelEMA
-from swiftdet.engine.logging import MetricsWriter, format_progress, memory_text, setup_logger
+from swiftdet.engine.logging import MetricsWriter, format_progress, memory_text
 from swiftdet.engine.optim import IterationLRSchedule, build_optimizer, scaled_base_lr
 from swiftdet.errors import ConfigError, SwiftdetError, WeightsError
 from swiftdet.evaluation.coco import detection_metric_specs, keypoint_metric_specs

@@ -1,0 +1,169 @@
+"""Inference latency and memory of swiftdet's R-CNN vs torchvision's, on the same weights.
+
+    python benchmarks/rcnn_inference.py [--model mask_rcnn|faster_rcnn] [--iters 5] [--threads 2]
+
+Both models are R50-FPN with the same random weights (fixed seed; FrozenBN statistics, affine
+parameters and biases randomised so features are not degenerate), torchvision's converted into
+swiftdet with ``convert_rcnn_state_dict``. The class head keeps torchvision's 91 slots (swiftdet
+num_classes=90) so both rank the same classes, and the box score threshold is 0 so each returns
+its 100 best detections. Both normalise 0-255 input with the same mean/std, so the inputs agree.
+
+Latency: one 3x800x1216 image (no resize needed at 800/1333), end to end (preprocess, network,
+postprocess incl. mask pasting at full size), runs alternating between the two models after one
+warm-up each; the median is printed.
+
+Memory: peak resident memory of inference only. Each model runs in a fresh subprocess that builds
+the model, runs a warm-up, reads its current RSS, runs one inference and reads the peak RSS
+(``ru_maxrss``); the difference is what one inference needs above the loaded model. (tracemalloc
+does not see torch's allocations, and the torch profiler's memory view misses allocator caching.)
+
+Agreement: boxes within 1e-4, labels equal, masks equal (torchvision's pasted probabilities > 0.5).
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import statistics
+import time
+
+import torch
+
+
+def build_models(model: str, seed: int = 0):
+    """(torchvision model, swiftdet model) with identical random weights, both in eval mode."""
+    import torchvision
+    from torchvision.models.detection import FasterRCNN, MaskRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from swiftdet.config.core import load_config
+    from swiftdet.model.build import build_model
+    from swiftdet.weights.torchvision_rcnn import convert_rcnn_state_dict
+
+    torch.manual_seed(seed)
+    resnet = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(resnet, 3)
+    cls = MaskRCNN if model == "mask_rcnn" else FasterRCNN
+    tv = cls(backbone, num_classes=91, box_score_thresh=0.0, box_detections_per_img=100,
+             image_mean=[123.675, 116.28, 103.53], image_std=[58.395, 57.12, 57.375])
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, buf in tv.named_buffers():
+            if name.endswith("running_var"):
+                buf.copy_(torch.rand(buf.shape, generator=gen) + 0.5)
+            elif name.endswith("running_mean"):
+                buf.copy_(torch.randn(buf.shape, generator=gen) * 0.1)
+        for name, p in tv.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        for name, buf in tv.named_buffers():
+            if name.endswith(".weight"):  # FrozenBN scale
+                buf.copy_(torch.rand(buf.shape, generator=gen) * 0.5 + 0.5)
+            elif name.endswith(".bias"):
+                buf.copy_(torch.randn(buf.shape, generator=gen) * 0.05)
+    tv.eval()
+    config = "mask_rcnn_R_50_FPN_1x" if model == "mask_rcnn" else "faster_rcnn_R_50_FPN_1x"
+    cfg = load_config(config, ["model.num_classes=90", "model.box_head.score_thresh=0.0",
+                               "model.box_head.detections_per_image=100"])
+    ours = build_model(cfg.model)
+    ours.load_state_dict(convert_rcnn_state_dict(tv.state_dict(), cfg.model), strict=True)
+    ours.eval()
+    return tv, ours
+
+
+def make_image(seed: int = 0) -> torch.Tensor:
+    """A 3x800x1216 float image in 0-255 with structure at several scales (not white noise)."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, 25, 38, generator=gen)
+    image = torch.nn.functional.interpolate(coarse, size=(800, 1216), mode="bilinear", align_corners=False)[0]
+    image = image * 200 + torch.rand(3, 800, 1216, generator=gen) * 55
+    return image.clamp(0, 255)
+
+
+def run_tv(tv, image):
+    with torch.no_grad():
+        return tv([image])[0]
+
+
+def run_ours(ours, image):
+    return ours.predict([image], [tuple(image.shape[-2:])])[0]
+
+
+def agreement(tv_out: dict, ours_out) -> str:
+    n_tv, n_ours = len(tv_out["boxes"]), len(ours_out)
+    if n_tv != n_ours:
+        return f"NO: {n_tv} vs {n_ours} detections"
+    boxes = float((tv_out["boxes"] - ours_out.boxes.tensor).abs().max()) if n_tv else 0.0
+    labels = torch.equal(tv_out["labels"], ours_out.labels + 1)
+    parts = [f"{n_tv} detections", f"max box diff {boxes:.2e}", f"labels {'equal' if labels else 'DIFFER'}"]
+    ok = boxes <= 1e-4 and labels
+    if "masks" in tv_out:
+        masks = torch.equal(tv_out["masks"][:, 0] > 0.5, ours_out.masks)
+        parts.append(f"masks {'equal' if masks else 'DIFFER'}")
+        ok = ok and masks
+    return ("YES: " if ok else "NO: ") + ", ".join(parts)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _memory_worker(which: str, model: str, threads: int, queue) -> None:
+    torch.set_num_threads(threads)
+    tv, ours = build_models(model)
+    net, fn = (tv, run_tv) if which == "torchvision" else (ours, run_ours)
+    del tv, ours
+    image = make_image()
+    fn(net, image)
+    before = _rss_bytes()
+    fn(net, image)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    queue.put(max(peak - before, 0))
+
+
+def peak_inference_memory(which: str, model: str, threads: int) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_memory_worker, args=(which, model, threads, queue))
+    proc.start()
+    value = queue.get(timeout=1800)
+    proc.join()
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=["mask_rcnn", "faster_rcnn"], default="mask_rcnn")
+    parser.add_argument("--iters", type=int, default=5, help="timed runs per model (alternating)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    tv, ours = build_models(args.model)
+    image = make_image()
+    tv_out, ours_out = run_tv(tv, image), run_ours(ours, image)  # warm-up, and the agreement check
+    times = {"torchvision": [], "swiftdet": []}
+    for _ in range(args.iters):
+        for name, fn, net in (("torchvision", run_tv, tv), ("swiftdet", run_ours, ours)):
+            start = time.perf_counter()
+            fn(net, image)
+            times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{args.model} R50-FPN, 3x800x1216, {args.threads} threads, {args.iters} runs each (alternating)")
+    for name in ("torchvision", "swiftdet"):
+        print(f"  {name:12s} median {med[name] * 1000:8.1f} ms   (all: {', '.join(f'{t * 1000:.0f}' for t in times[name])})")
+    print(f"  latency ratio swiftdet/torchvision: {med['swiftdet'] / med['torchvision']:.3f}")
+    print(f"  detections agree: {agreement(tv_out, ours_out)}")
+    if not args.no_memory:
+        del tv, ours
+        mem = {name: peak_inference_memory(name, args.model, args.threads) for name in ("torchvision", "swiftdet")}
+        for name, value in mem.items():
+            print(f"  {name:12s} peak inference memory above the loaded model: {value / 2**20:8.1f} MiB")
+        print(f"  memory ratio swiftdet/torchvision: {mem['swiftdet'] / max(mem['torchvision'], 1):.3f}")
+
+
+if __name__ == "__main__":
+    main()

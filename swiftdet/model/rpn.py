@@ -118,7 +118,7 @@ class RPN(nn.Module):
         post_nms = self.post_nms_topk[self.training]
         b = objectness.shape[0]
         top_idx, level_ids, offset = [], [], 0
-        for level, (scores) in enumerate(objectness.split(num_per_level, dim=1)):
+        for level, scores in enumerate(objectness.split(num_per_level, dim=1)):
             k = min(pre_nms, scores.shape[1])
             _, idx = scores.topk(k, dim=1)
             top_idx.append(idx + offset)

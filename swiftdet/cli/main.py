@@ -7,10 +7,10 @@ import argparse
 import sys
 import textwrap
 
-from swiftdet.cli import browse, coco_eval, config_cmd, synth
+from swiftdet.cli import browse, coco_eval, config_cmd, convert, predict, synth
 from swiftdet.errors import SwiftdetError
 
-COMMANDS = (config_cmd, synth, browse, coco_eval)
+COMMANDS = (config_cmd, synth, browse, coco_eval, convert, predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

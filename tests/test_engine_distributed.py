@@ -35,6 +35,7 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
     assert {k: ddp_eval[k] for k in single} == single
 
 
+@pytest.mark.slow
 def test_user_error_in_a_process_reaches_the_parent_as_itself(tmp_path):
     with pytest.raises(ConfigError, match="test.best_metric 'bbox/mAP'"):
         launch(train_toy_main, 2, (str(tmp_path / "bad"), False, ["test.best_metric=bbox/mAP"]))

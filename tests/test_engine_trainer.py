@@ -29,7 +29,9 @@ TOY_SCRIPT = Path(__file__).with_name("test_engine_toy.py")
 
 def _losses(path: Path) -> dict[int, dict[str, float]]:
     out = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text().splitlines(keepends=True):
+        if not line.endswith("\n"):
+            continue  # a line a SIGKILL cut short
         record = json.loads(line)
         if "loss" in record:
             out[record["iter"]] = {k: v for k, v in record.items() if k.startswith("loss") or k == "lr"}

@@ -56,6 +56,20 @@ def test_read_image_gray_rgba_16bit_and_exif(tmp_path):
     assert read_image(tmp_path / "exif.jpg").shape == (3, 20, 10)
 
 
+def test_read_image_bmp_and_tiff_through_pillow(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.bmp")
+    np.testing.assert_array_equal(read_image(tmp_path / "a.bmp").permute(1, 2, 0).numpy(), rgb)
+    Image.fromarray(rgb).save(tmp_path / "a.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "a.tif").permute(1, 2, 0).numpy(), rgb)
+    gray16 = (np.arange(42).reshape(6, 7) * 1500).astype(np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "g16.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "g16.tif")[2].numpy(), np.round(gray16 / 257).astype(np.uint8))
+    (tmp_path / "bad.bmp").write_bytes(b"BM truncated")
+    with pytest.raises(InputError, match="Cannot decode image file"):
+        read_image(tmp_path / "bad.bmp")
+
+
 def test_read_image_errors(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         read_image(tmp_path / "none.jpg")

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, read_file
 
@@ -43,11 +44,29 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 # Decoding
 # ----------------------------------------------------------------------------------------------
+# TIFF (little/big endian); BMP is recognised by its two-byte "BM" signature.
+_PILLOW_SIGNATURES = (b"II*\x00", b"MM\x00*")
+
+
+def _decode_with_pillow(path: str) -> Tensor:
+    """(C, H, W) uint8/uint16 tensor of a BMP or TIFF file, EXIF orientation applied."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.array(im, dtype=np.int32).clip(0, 65535).astype(np.uint16)
+        else:
+            if im.mode not in ("L", "LA", "RGB", "RGBA"):
+                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+            arr = np.array(im, dtype=np.uint8)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
 def read_image(path: str | os.PathLike) -> Tensor:
     """Read an image file as (3, H, W) uint8 RGB.
 
     JPEG, PNG (8 or 16 bit), GIF (first frame) and WebP are decoded by torchvision with the EXIF
-    orientation applied. Grayscale is replicated to three channels, an alpha channel is dropped
+    orientation applied; BMP and TIFF, which torchvision does not decode, by Pillow. Grayscale is replicated to three channels, an alpha channel is dropped
     (not composited), 16-bit values are scaled to 8 bits (round(v / 257)).
 
     Raises:
@@ -63,12 +82,15 @@ def read_image(path: str | os.PathLike) -> Tensor:
     if data.numel() == 0:
         raise InputError(f"Image file '{path}' is empty (0 bytes); re-copy or re-download it.")
     try:
-        image = decode_image(data, mode=ImageReadMode.UNCHANGED, apply_exif_orientation=True)
-    except (RuntimeError, ValueError) as e:
+        if bytes(data[:4].tolist()) in _PILLOW_SIGNATURES or bytes(data[:2].tolist()) == b"BM":
+            image = _decode_with_pillow(path)
+        else:
+            image = decode_image(data, mode=ImageReadMode.UNCHANGED, apply_exif_orientation=True)
+    except (RuntimeError, ValueError, OSError) as e:
         reason = re.sub(r"^.*\.cpp:\d+,\s*", "", " ".join(str(e).split()))[:200]
         raise InputError(
             f"Cannot decode image file '{path}' ({reason}). The file may be truncated or in a "
-            "format torchvision cannot decode; JPEG, PNG, GIF and WebP are supported."
+            "format that cannot be decoded; JPEG, PNG, GIF, WebP, BMP and TIFF are supported."
         ) from None
     if image.dim() == 4:  # animated GIF: frames first
         image = image[0]

@@ -13,10 +13,10 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 from swiftdet.config.schema import ModelConfig
 from swiftdet.errors import InputError
+from swiftdet.model.nms import class_wise_nms
 from swiftdet.model.postprocess import rescale_instances
 from swiftdet.structures import Boxes, ImageList, Instances
 
@@ -175,7 +175,7 @@ def batched_detections(
     boxes = torch.stack([x0, y0, x1, y1], dim=1)
 
     # One NMS call for the whole batch: an (image, class) pair is one NMS group.
-    keep = batched_nms(boxes, scores, batch_idx * num_classes + labels, nms_thresh)
+    keep = class_wise_nms(boxes, scores, batch_idx * num_classes + labels, nms_thresh)
     kept_images = batch_idx[keep]
     # keep is sorted by decreasing score; a stable sort by image keeps that order within each image.
     keep = keep[kept_images.argsort(stable=True)]

@@ -12,11 +12,12 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, roi_align
+from torchvision.ops import box_iou, clip_boxes_to_image, roi_align
 
 from swiftdet.model.box_coder import BoxCoder
 from swiftdet.model.layers import ConvNormAct
 from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
+from swiftdet.model.nms import class_wise_nms
 from swiftdet.structures import Boxes, Instances
 
 __all__ = ["BoxHead", "BoxPredictor", "MaskHead", "MultiScaleRoIPooler", "Res5BoxHead", "RoIHeads"]
@@ -319,6 +320,9 @@ class RoIHeads(nn.Module):
 
     # --------------------------------------------------------------------------------- inference
     def _inference(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]) -> list[Instances]:
+        # roi_align copies a channels-last input to contiguous on every call; with the box and the
+        # mask pooler reading the same levels, copy once here instead (a no-op for NCHW features).
+        features = {k: v.contiguous() for k, v in features.items()}
         pooled = self.box_pooler(features, proposals)
         class_logits, box_deltas = self.box_predictor(self.box_head(pooled))
         num_slots = class_logits.shape[1]
@@ -334,7 +338,7 @@ class RoIHeads(nn.Module):
             wh = boxes[:, 2:] - boxes[:, :2]
             keep = torch.nonzero((scores > self.score_thresh) & (wh >= 1e-2).all(dim=1)).squeeze(1)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_image]
+            keep = class_wise_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_image]
             results.append(Instances(image_size, boxes=Boxes(boxes[keep]), labels=labels[keep] - 1, scores=scores[keep]))
         if self.mask_on:
             self._attach_masks(features, results)

@@ -11,12 +11,13 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops import box_iou, clip_boxes_to_image
 
 from swiftdet.model.anchors import AnchorGenerator
 from swiftdet.model.box_coder import BoxCoder
 from swiftdet.model.layers import ConvNormAct
 from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
+from swiftdet.model.nms import class_wise_nms
 from swiftdet.structures import ImageList, Instances
 
 __all__ = ["RPN", "RPNHead"]
@@ -137,7 +138,7 @@ class RPN(nn.Module):
             keep = (wh >= self.min_box_size).all(dim=1) & (s >= self.score_thresh)
             keep = torch.nonzero(keep).squeeze(1)
             boxes, s, lvl = boxes[keep], s[keep], levels[keep]
-            keep = batched_nms(boxes, s, lvl, self.nms_thresh)[:post_nms]
+            keep = class_wise_nms(boxes, s, lvl, self.nms_thresh)[:post_nms]
             out.append(boxes[keep])
         return out
 

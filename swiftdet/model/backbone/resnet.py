@@ -37,6 +37,7 @@ class BasicBlock(nn.Module):
     """Two 3x3 convs (ResNet-18/34)."""
 
     expansion = 1
+    conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def __init__(self, in_channels: int, planes: int, stride: int, norm: str, **_unused):
         super().__init__()
@@ -61,6 +62,7 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
+    conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def __init__(
         self,
@@ -161,6 +163,8 @@ class ResNet(nn.Module):
             layer, channels = make_resnet_stage(cfg, stage)
             self.add_module(f"layer{stage - 1}", layer)
             self._channels[f"res{stage}"] = channels
+
+    conv_norm_pairs = (("conv1", "bn1"),)
 
     def output_shape(self) -> dict[str, tuple[int, int]]:
         """{feature name: (channels, stride)} for every name in ``out_features``."""

@@ -1,0 +1,189 @@
+"""Inference latency and memory of swiftdet's RetinaNet / FCOS vs torchvision's, on the same weights.
+
+    python benchmarks/dense_inference.py [--model retinanet|retinanet_v2|fcos] [--iters 5] [--threads 2] [--plain]
+
+torchvision's ``retinanet_resnet50_fpn`` (v1), ``retinanet_resnet50_fpn_v2`` or ``fcos_resnet50_fpn``
+is built with random weights (no download; 91 class slots), given FrozenBatchNorm2d wherever the
+swiftdet config has it (as torchvision does for pretrained backbones), its norm statistics, affine
+parameters and biases randomised and its head convs rescaled to unit gain so scores spread out, then
+converted into swiftdet with ``convert_dense_state_dict``. The score threshold is 0 and both keep
+100 detections. swiftdet runs its fast inference path (``fuse_for_inference``: norms folded into
+the convs, channels-last convolutions) unless ``--plain`` is given.
+
+Latency, memory and agreement are measured as in ``rcnn_inference.py``: one 3x800x1216 image (no
+resize at 800/1333), end to end, alternating runs after a warm-up, median; peak RSS of one inference
+above the loaded model in a fresh subprocess per library; the same number of detections, labels
+equal, boxes within 1e-3 px and scores within 1e-5 (maximum differences printed).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import os
+import resource
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from rcnn_inference import BOX_TOL, SCORE_TOL, make_image
+
+_VARIANTS = {
+    "retinanet": ("retinanet_resnet50_fpn", "retinanet_R_50_FPN_1x", "retinanet"),
+    "retinanet_v2": ("retinanet_resnet50_fpn_v2", "retinanet_R_50_FPN_v2", "retinanet"),
+    "fcos": ("fcos_resnet50_fpn", "fcos_R_50_FPN_1x", "fcos"),
+}
+
+
+def _freeze_where_frozen(tv: nn.Module, ours: nn.Module) -> None:
+    """Replace torchvision's backbone BatchNorm2d by FrozenBatchNorm2d where swiftdet's has one."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for name, mod in ours.backbone.named_modules():
+        if isinstance(mod, FrozenBatchNorm2d):
+            parent_name, _, leaf = name.rpartition(".")
+            parent = tv.backbone.body.get_submodule(parent_name) if parent_name else tv.backbone.body
+            bn = getattr(parent, leaf)
+            setattr(parent, leaf, FrozenBatchNorm2d(bn.num_features, eps=bn.eps))
+
+
+@torch.no_grad()
+def _randomise(tv: nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for mod in tv.head.modules():
+        if isinstance(mod, nn.Conv2d):  # N(0, 0.01) would make every score nearly the prior
+            mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen) / math.sqrt(mod.weight[0].numel()))
+    for name, buf in tv.named_buffers():
+        if name.endswith("running_var"):
+            buf.copy_(torch.rand(buf.shape, generator=gen) + 0.5)
+        elif name.endswith("running_mean"):
+            buf.copy_(torch.randn(buf.shape, generator=gen) * 0.1)
+        elif name.endswith(".weight"):  # FrozenBN scale
+            buf.copy_(torch.rand(buf.shape, generator=gen) * 0.5 + 0.5)
+        elif name.endswith(".bias"):
+            buf.copy_(torch.randn(buf.shape, generator=gen) * 0.05)
+    for mod in tv.modules():
+        if isinstance(mod, (nn.BatchNorm2d, nn.GroupNorm)):
+            mod.weight.copy_(torch.rand(mod.weight.shape, generator=gen) * 0.5 + 0.5)
+    for name, p in tv.named_parameters():
+        if name.endswith("bias"):
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def build_models(model: str, seed: int = 0, fast: bool = True):
+    """(torchvision model, swiftdet model) with identical random weights, both in eval mode.
+
+    With ``fast`` the swiftdet model is the :func:`fuse_for_inference` copy.
+    """
+    import torchvision.models.detection as tvd
+
+    from swiftdet.config.core import load_config
+    from swiftdet.model.build import build_model
+    from swiftdet.model.layers import fuse_for_inference
+    from swiftdet.weights.torchvision_dense import convert_dense_state_dict
+
+    builder, config, head = _VARIANTS[model]
+    torch.manual_seed(seed)
+    tv = getattr(tvd, builder)(weights=None, weights_backbone=None, num_classes=91, score_thresh=0.0,
+                               detections_per_img=100)
+    cfg = load_config(config, ["model.num_classes=91", f"model.{head}.score_thresh=0.0",
+                               f"model.{head}.detections_per_image=100"])
+    ours = build_model(cfg.model)
+    _freeze_where_frozen(tv, ours)
+    _randomise(tv, seed + 1)
+    tv.eval()
+    ours.load_state_dict(convert_dense_state_dict(tv.state_dict(), cfg.model), strict=True)
+    ours.eval()
+    return tv, fuse_for_inference(ours) if fast else ours
+
+
+def run_tv(tv, image):
+    with torch.no_grad():
+        return tv([image / 255.0])[0]
+
+
+def run_ours(ours, image):
+    return ours.predict([image], [tuple(image.shape[-2:])])[0]
+
+
+def agreement(tv_out: dict, ours_out) -> str:
+    """One line: YES/NO within the tolerances of the module docstring, and the measured differences."""
+    n_tv, n_ours = len(tv_out["boxes"]), len(ours_out)
+    if n_tv != n_ours:
+        return f"NO: {n_tv} vs {n_ours} detections"
+    boxes = float((tv_out["boxes"] - ours_out.boxes.tensor).abs().max()) if n_tv else 0.0
+    scores = float((tv_out["scores"] - ours_out.scores).abs().max()) if n_tv else 0.0
+    labels = torch.equal(tv_out["labels"], ours_out.labels)
+    ok = boxes <= BOX_TOL and scores <= SCORE_TOL and labels
+    return ("YES: " if ok else "NO: ") + (
+        f"{n_tv} detections, max box diff {boxes:.2e} px, max score diff {scores:.2e}, labels {'equal' if labels else 'DIFFER'}"
+    )
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _memory_worker(which: str, model: str, threads: int, fast: bool, queue) -> None:
+    torch.set_num_threads(threads)
+    tv, ours = build_models(model, fast=fast)
+    net, fn = (tv, run_tv) if which == "torchvision" else (ours, run_ours)
+    del tv, ours
+    image = make_image()
+    fn(net, image)
+    before = _rss_bytes()
+    fn(net, image)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    queue.put(max(peak - before, 0))
+
+
+def peak_inference_memory(which: str, model: str, threads: int, fast: bool) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_memory_worker, args=(which, model, threads, fast, queue))
+    proc.start()
+    value = queue.get(timeout=1800)
+    proc.join()
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=sorted(_VARIANTS), default="retinanet")
+    parser.add_argument("--iters", type=int, default=5, help="timed runs per model (alternating)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--plain", action="store_true", help="run swiftdet without fuse_for_inference")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    tv, ours = build_models(args.model, fast=not args.plain)
+    image = make_image()
+    tv_out, ours_out = run_tv(tv, image), run_ours(ours, image)  # warm-up, and the agreement check
+    times = {"torchvision": [], "swiftdet": []}
+    for _ in range(args.iters):
+        for name, fn, net in (("torchvision", run_tv, tv), ("swiftdet", run_ours, ours)):
+            start = time.perf_counter()
+            fn(net, image)
+            times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    path = "plain" if args.plain else "fast (fuse_for_inference)"
+    print(f"{args.model} R50-FPN, 3x800x1216, {args.threads} threads, {args.iters} runs each (alternating), "
+          f"swiftdet {path}, load average {os.getloadavg()[0]:.2f}")
+    for name in ("torchvision", "swiftdet"):
+        print(f"  {name:12s} median {med[name] * 1000:8.1f} ms   (all: {', '.join(f'{t * 1000:.0f}' for t in times[name])})")
+    print(f"  latency ratio swiftdet/torchvision: {med['swiftdet'] / med['torchvision']:.3f}")
+    print(f"  detections agree: {agreement(tv_out, ours_out)}")
+    if not args.no_memory:
+        del tv, ours
+        mem = {name: peak_inference_memory(name, args.model, args.threads, not args.plain) for name in ("torchvision", "swiftdet")}
+        for name, value in mem.items():
+            print(f"  {name:12s} peak inference memory above the loaded model: {value / 2**20:8.1f} MiB")
+        print(f"  memory ratio swiftdet/torchvision: {mem['swiftdet'] / max(mem['torchvision'], 1):.3f}")
+
+
+if __name__ == "__main__":
+    main()

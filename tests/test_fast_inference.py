@@ -1,0 +1,133 @@
+"""The fast inference path (fuse_for_inference, class-wise NMS, top-k shortcut) gives the plain
+model's detections.
+
+Folding a norm into the conv changes float rounding only: detections must agree in number, labels
+and order, boxes within 1e-3 px and scores within 1e-5, masks on all but 0.1% of pixels. The models
+are small (ResNet-18) with randomised norm statistics and affines, so folding is not the identity.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d, batched_nms
+
+from swiftdet.config import load_config
+from swiftdet.errors import InputError
+from swiftdet.model.build import build_model
+from swiftdet.model.dense_head import topk_above_threshold
+from swiftdet.model.layers import FoldedNorm, fuse_conv_bn, fuse_for_inference, is_fused
+from swiftdet.model.nms import class_wise_nms
+
+CASES = {
+    # config, head section of the score threshold / detections per image
+    "mask_rcnn_v1": ("mask_rcnn_R_50_FPN_1x", "box_head"),  # FrozenBN backbone, plain FPN
+    "faster_rcnn_v2": ("faster_rcnn_R_50_FPN_v2", "box_head"),  # BN FPN and 4conv1fc box head
+    "retinanet_v2": ("retinanet_R_50_FPN_v2", "retinanet"),  # BN backbone stages, GN head (not folded)
+}
+
+
+@torch.no_grad()
+def _randomise(model: nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.5)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.05)
+        elif isinstance(m, nn.Conv2d) and m.bias is not None:
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.05)
+
+
+def _model(case: str) -> nn.Module:
+    name, head = CASES[case]
+    cfg = load_config(name, ["model.backbone.depth=18", "model.num_classes=4", f"model.{head}.score_thresh=0.0",
+                             f"model.{head}.detections_per_image=50"]).model
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    _randomise(model)
+    return model.eval()
+
+
+def _images() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.rand(3, 160, 224, generator=g) * 255, torch.rand(3, 192, 150, generator=g) * 255]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fast_path_gives_the_plain_detections(case):
+    model = _model(case)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = fuse_for_inference(model)
+    images = _images()
+    plain_out, fast_out = model.predict(images), fast.predict(images)
+
+    # The original is untouched; the copy has no foldable norm left and runs channels-last.
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not is_fused(model) and is_fused(fast)
+    assert not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in fast.modules())
+    assert sum(isinstance(m, nn.GroupNorm) for m in fast.modules()) == sum(isinstance(m, nn.GroupNorm) for m in model.modules())
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in fast.modules() if isinstance(m, nn.Conv2d))
+
+    for p, f in zip(plain_out, fast_out):
+        assert len(p) == len(f) > 0
+        assert torch.equal(p.labels, f.labels)
+        torch.testing.assert_close(f.boxes.tensor, p.boxes.tensor, rtol=0, atol=1e-3)
+        torch.testing.assert_close(f.scores, p.scores, rtol=0, atol=1e-5)
+        if p.masks is not None:
+            assert (p.masks == f.masks).float().mean().item() > 0.999
+
+
+def test_folding_is_exact_up_to_rounding_and_idempotent():
+    g = torch.Generator().manual_seed(0)
+    conv, bn = nn.Conv2d(8, 16, 3, padding=1, bias=False), FrozenBatchNorm2d(16)
+    with torch.no_grad():
+        bn.running_var.copy_(torch.rand(16, generator=g) * 4 + 0.01)
+        bn.running_mean.copy_(torch.randn(16, generator=g))
+        bn.weight.copy_(torch.randn(16, generator=g))
+        bn.bias.copy_(torch.randn(16, generator=g))
+    plain = nn.Sequential(conv, bn, nn.ReLU()).eval()
+    fused = fuse_conv_bn(plain)
+    assert isinstance(fused[1], FoldedNorm) and isinstance(plain[1], FrozenBatchNorm2d)
+    x = torch.randn(2, 8, 12, 12, generator=g)
+    with torch.no_grad():
+        ref, out = plain(x), fused(x)
+        twice = fuse_conv_bn(fused)(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(twice, out)
+
+
+def test_fusing_refuses_training():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), FrozenBatchNorm2d(4))
+    with pytest.raises(InputError, match="training mode"):
+        fuse_conv_bn(model.train())
+    fused = fuse_conv_bn(model.eval())
+    fused.train()
+    with pytest.raises(InputError, match="fused for inference"):
+        fused(torch.zeros(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("n,classes", [(200, 5), (3000, 90), (20000, 80)])
+def test_class_wise_nms_equals_torchvision(n, classes):
+    g = torch.Generator().manual_seed(n)
+    xy = torch.rand(n, 2, generator=g) * 400
+    boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 80 + 1], dim=1)
+    scores = (torch.rand(n, generator=g) * 50).round() / 50  # many exact ties
+    idxs = torch.randint(0, classes, (n,), generator=g)
+    assert torch.equal(class_wise_nms(boxes, scores, idxs, 0.5), batched_nms(boxes, scores, idxs, 0.5))
+
+
+def test_topk_shortcut_selects_what_the_threshold_filter_selects():
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(1, 50000, generator=g)
+    for threshold, k in [(float("-inf"), 1000), (-0.5, 1000), (3.0, 1000)]:
+        rows, cols = topk_above_threshold(values, threshold, k)
+        idx = (values[0] > threshold).nonzero()[:, 0]
+        kept = values[0, idx]
+        expected = idx[kept.topk(k).indices] if kept.numel() > k else idx
+        assert torch.equal(cols, expected) and torch.equal(rows, torch.zeros_like(cols))
+    # Ties at the k-th value: the shortcut steps aside, still k entries.
+    rows, cols = topk_above_threshold(torch.zeros(1, 500), -1.0, 100)
+    assert cols.numel() == 100

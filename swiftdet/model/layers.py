@@ -135,7 +135,8 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
     The copy is in eval mode; its folded norms are replaced by :class:`FoldedNorm`, which refuses to
     run in training mode. GroupNorm cannot be folded (its statistics depend on the input) and stays.
     Fusing a fused model folds nothing more. Outputs equal the original's up to float rounding (the
-    folded weights round differently from a conv followed by a per-channel scale and shift).
+    folded weights round differently from a conv followed by a per-channel scale and shift). The
+    copy's state_dict lacks the norm layers: save checkpoints from the original model.
 
     Raises:
         InputError: if ``model`` is in training mode (a BatchNorm in training mode normalises with

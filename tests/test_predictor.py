@@ -184,3 +184,18 @@ def test_convert_torchvision_maskrcnn_then_predict_tiny_coco(tiny_coco, tmp_path
     assert len(results) == 40
     dt = COCO(str(ann)).loadRes(str(tmp_path / "out" / "predictions.json"))
     assert {a["category_id"] for a in dt.anns.values()} <= set(ckpt["meta"]["category_ids"])
+
+
+def test_fast_path_is_default_and_plain_runs_the_trained_model(small_weights):
+    from swiftdet.model.layers import is_fused
+
+    cfg, path = small_weights
+    fast = Predictor(cfg, str(path), score_thresh=0.0)
+    plain = Predictor(cfg, str(path), score_thresh=0.0, fast=False)
+    assert is_fused(fast.model) and not is_fused(fast.source_model)
+    assert plain.model is plain.source_model and not is_fused(plain.model)
+    image = _rgb(50, 70, seed=4)
+    a, b = fast(image)[0], plain(image)[0]
+    assert torch.equal(a.labels, b.labels)
+    torch.testing.assert_close(a.boxes.tensor, b.boxes.tensor, atol=1e-3, rtol=0)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=0)

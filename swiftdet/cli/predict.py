@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass (default 1)")
     parser.add_argument("--score-thresh", type=float, default=None, metavar="T",
                         help="keep detections scoring at least T (default: the config's threshold)")
+    parser.add_argument("--plain", action="store_true",
+                        help="run the model exactly as trained, without folding norms into convs (slower; same detections within float rounding)")
     parser.add_argument("--coco-json", default=None, metavar="JSON",
                         help="COCO annotation file whose image ids the predictions should use (matched by file name)")
 
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     image_ids = _coco_image_ids(args.coco_json, paths) if args.coco_json else list(range(len(paths)))
     names = output_names(paths)
     predictor = Predictor(cfg, args.weights, device=args.device, score_thresh=args.score_thresh,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, fast=not args.plain)
     category_ids = predictor.category_ids
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)

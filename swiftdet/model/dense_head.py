@@ -15,13 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from swiftdet.config.schema import ModelConfig
-from swiftdet.errors import InputError
+from swiftdet.errors import ConfigError, InputError
+from swiftdet.model.backbone import FPN, ResNet, build_fpn, build_resnet
 from swiftdet.model.nms import class_wise_nms
 from swiftdet.model.postprocess import rescale_instances
 from swiftdet.structures import Boxes, ImageList, Instances
 
 __all__ = [
     "DenseDetector",
+    "build_backbone_and_fpn",
     "conv_tower",
     "init_prediction_conv",
     "flatten_level_output",
@@ -31,6 +33,20 @@ __all__ = [
     "select_candidates",
     "batched_detections",
 ]
+
+
+def build_backbone_and_fpn(cfg: ModelConfig, in_features: Sequence[str], section: str) -> tuple[ResNet, FPN]:
+    """The ResNet and FPN of ``cfg``, checked to produce the ``in_features`` the head reads
+    (``section`` names the config section holding them, for the error message)."""
+    backbone = build_resnet(cfg.backbone)
+    fpn = build_fpn(cfg, backbone.output_shape())
+    missing = [f for f in in_features if f not in fpn.out_features]
+    if missing:
+        raise ConfigError(
+            f"model.{section}.in_features names {missing}, which the FPN does not produce (it gives "
+            f"{list(fpn.out_features)}); set model.fpn.in_features / model.fpn.top_block accordingly."
+        )
+    return backbone, fpn
 
 
 def conv_tower(channels: int, num_convs: int, norm: str, conv_bias: bool) -> nn.Sequential:

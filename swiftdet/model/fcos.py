@@ -15,11 +15,11 @@ from torch.nn import functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from swiftdet.config.schema import ModelConfig
-from swiftdet.errors import ConfigError
 from swiftdet.model.anchors import AnchorGenerator
-from swiftdet.model.backbone import FPN, ResNet, build_fpn, build_resnet
+from swiftdet.model.backbone import FPN, ResNet
 from swiftdet.model.dense_head import (
     DenseDetector,
+    build_backbone_and_fpn,
     batched_detections,
     conv_tower,
     flatten_level_output,
@@ -227,14 +227,7 @@ class FCOS(DenseDetector):
 def build_fcos(cfg: ModelConfig) -> FCOS:
     """FCOS described by ``cfg`` (``cfg.arch == "fcos"``), randomly initialised."""
     fc = cfg.fcos
-    backbone = build_resnet(cfg.backbone)
-    fpn = build_fpn(cfg, backbone.output_shape())
-    missing = [f for f in fc.in_features if f not in fpn.out_features]
-    if missing:
-        raise ConfigError(
-            f"model.fcos.in_features names {missing}, which the FPN does not produce (it gives "
-            f"{list(fpn.out_features)}); set model.fpn.in_features / model.fpn.top_block accordingly."
-        )
+    backbone, fpn = build_backbone_and_fpn(cfg, fc.in_features, "fcos")
     # One point per location whose square "anchor" has the level's stride as its side.
     strides = [fpn.output_shape()[f][1] for f in fc.in_features]
     point_generator = AnchorGenerator([(float(s),) for s in strides], (1.0,))

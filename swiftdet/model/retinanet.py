@@ -16,10 +16,11 @@ from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_los
 from swiftdet.config.schema import ModelConfig
 from swiftdet.errors import ConfigError, InputError
 from swiftdet.model.anchors import AnchorGenerator
-from swiftdet.model.backbone import FPN, ResNet, build_fpn, build_resnet
+from swiftdet.model.backbone import FPN, ResNet
 from swiftdet.model.box_coder import BoxCoder
 from swiftdet.model.dense_head import (
     DenseDetector,
+    build_backbone_and_fpn,
     batched_detections,
     conv_tower,
     flatten_level_output,
@@ -194,14 +195,7 @@ class RetinaNet(DenseDetector):
 def build_retinanet(cfg: ModelConfig) -> RetinaNet:
     """RetinaNet described by ``cfg`` (``cfg.arch == "retinanet"``), randomly initialised."""
     rc = cfg.retinanet
-    backbone = build_resnet(cfg.backbone)
-    fpn = build_fpn(cfg, backbone.output_shape())
-    missing = [f for f in rc.in_features if f not in fpn.out_features]
-    if missing:
-        raise ConfigError(
-            f"model.retinanet.in_features names {missing}, which the FPN does not produce (it gives "
-            f"{list(fpn.out_features)}); set model.fpn.in_features / model.fpn.top_block accordingly."
-        )
+    backbone, fpn = build_backbone_and_fpn(cfg, rc.in_features, "retinanet")
     if len(rc.anchors.sizes) != len(rc.in_features):
         raise ConfigError(
             f"model.retinanet.anchors.sizes has {len(rc.anchors.sizes)} levels but model.retinanet.in_features "

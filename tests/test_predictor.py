@@ -156,6 +156,16 @@ def test_predict_cli_on_folders_writes_drawings_and_coco_results(small_weights, 
     assert len(gt.loadRes(str(tmp_path / "out" / "predictions.json")).anns) == len(results) == 15
     with pytest.raises(InputError, match="does not exist"):
         predict_cmd.collect_images([str(tmp_path / "nothing")])
+    # --draw-thresh filters what is drawn, never what is written to predictions.json.
+    original = np.asarray(Image.open(tmp_path / "single.png"))
+    for thresh, drawn_equals_input in (("2", True), ("0", False)):
+        out = tmp_path / f"draw{thresh}"
+        args = _parse(predict_cmd, [*SMALL, "--config", "mask_rcnn_R_50_FPN_1x", "--weights", str(weights), "--input",
+                                    str(tmp_path / "single.png"), "--output", str(out), "--score-thresh", "0",
+                                    "--draw-thresh", thresh])
+        assert predict_cmd.run(args) == 0
+        assert np.array_equal(np.asarray(Image.open(out / "single.png")), original) == drawn_equals_input
+        assert len(json.loads((out / "predictions.json").read_text())) == 5
 
 
 @pytest.mark.slow

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass (default 1)")
     parser.add_argument("--score-thresh", type=float, default=None, metavar="T",
                         help="keep detections scoring at least T (default: the config's threshold)")
+    parser.add_argument("--draw-thresh", type=float, default=0.5, metavar="T",
+                        help="draw only detections scoring at least T (default 0.5); predictions.json keeps all")
     parser.add_argument("--plain", action="store_true",
                         help="run the model exactly as trained, without folding norms into convs (slower; same detections within float rounding)")
     parser.add_argument("--coco-json", default=None, metavar="JSON",
@@ -122,13 +124,14 @@ def run(args: argparse.Namespace) -> int:
         for offset, (image, instances) in enumerate(zip(images, predictor(images))):
             i = start + offset
             results.extend(instances_to_coco_results(instances, image_ids[i], category_ids, file_name=str(paths[i])))
+            shown = instances[instances.scores >= args.draw_thresh]
             drawn = draw_instances(
                 image.permute(1, 2, 0).numpy(),
-                boxes=instances.boxes.tensor.numpy(),
-                labels=instances.labels.numpy(),
-                scores=instances.scores.numpy(),
-                masks=instances.masks.numpy() if instances.masks is not None else None,
-                keypoints=instances.keypoints.tensor.numpy() if instances.keypoints is not None else None,
+                boxes=shown.boxes.tensor.numpy(),
+                labels=shown.labels.numpy(),
+                scores=shown.scores.numpy(),
+                masks=shown.masks.numpy() if shown.masks is not None else None,
+                keypoints=shown.keypoints.tensor.numpy() if shown.keypoints is not None else None,
                 class_names=predictor.class_names,
             )
             save_image(drawn, out_dir / names[i])

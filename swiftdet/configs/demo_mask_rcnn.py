@@ -24,8 +24,10 @@ def config() -> Config:
     m.rpn.pre_nms_topk_train, m.rpn.post_nms_topk_train = 400, 256
     m.rpn.pre_nms_topk_test, m.rpn.post_nms_topk_test = 200, 100
     m.box_head.fc_dim = 256
+    # At most 16 positive RoIs per image: the mask head runs on each, and with 32 it cost as much as
+    # the backbone (1.4 s vs 0.95 s per iteration), for no better AP per iteration.
     m.box_head.batch_size_per_image = 64
-    m.box_head.positive_fraction = 0.5  # few objects per image: learn from more positives per step
+    m.box_head.positive_fraction = 0.25
     m.box_head.detections_per_image = 50
     m.mask_head.conv_dim = 64
     m.mask_head.num_convs = 2
@@ -55,7 +57,8 @@ def config() -> Config:
     s.reference_batch_size = 8
     s.schedule = "cosine"
     s.steps = ()
-    s.max_iter = 600
+    # About 6400 images seen; under 1 s per iteration even on one core of the 2-core machine.
+    s.max_iter = 800
     s.warmup_iters = 50
     s.warmup_factor = 0.01
     s.checkpoint_period = 200

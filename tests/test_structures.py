@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from swiftdet.structures import (
-    BitMasks,
     Boxes,
     ImageList,
     Instances,

@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
-import os
-import resource
-import statistics
-import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from rcnn_inference import agreement, make_image
+from _harness import add_common_arguments, compare
+from rcnn_inference import agreement, make_image  # noqa: F401 (the harness calls make_image)
 
 _VARIANTS = {
     "retinanet": ("retinanet_resnet50_fpn", "retinanet_R_50_FPN_1x", "retinanet"),
@@ -109,67 +106,12 @@ def run_ours(ours, image):
     return ours.predict([image], [tuple(image.shape[-2:])])[0]
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def _memory_worker(which: str, model: str, threads: int, fast: bool, queue) -> None:
-    torch.set_num_threads(threads)
-    tv, ours = build_models(model, fast=fast)
-    net, fn = (tv, run_tv) if which == "torchvision" else (ours, run_ours)
-    del tv, ours
-    image = make_image()
-    fn(net, image)
-    before = _rss_bytes()
-    fn(net, image)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    queue.put(max(peak - before, 0))
-
-
-def peak_inference_memory(which: str, model: str, threads: int, fast: bool) -> int:
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_memory_worker, args=(which, model, threads, fast, queue))
-    proc.start()
-    value = queue.get(timeout=1800)
-    proc.join()
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=sorted(_VARIANTS), default="retinanet")
-    parser.add_argument("--iters", type=int, default=5, help="timed runs per model (alternating)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
-    parser.add_argument("--plain", action="store_true", help="run swiftdet without fuse_for_inference")
+    add_common_arguments(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    tv, ours = build_models(args.model, fast=not args.plain)
-    image = make_image()
-    tv_out, ours_out = run_tv(tv, image), run_ours(ours, image)  # warm-up, and the agreement check
-    times = {"torchvision": [], "swiftdet": []}
-    for _ in range(args.iters):
-        for name, fn, net in (("torchvision", run_tv, tv), ("swiftdet", run_ours, ours)):
-            start = time.perf_counter()
-            fn(net, image)
-            times[name].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    path = "plain" if args.plain else "fast (fuse_for_inference)"
-    print(f"{args.model} R50-FPN, 3x800x1216, {args.threads} threads, {args.iters} runs each (alternating), "
-          f"swiftdet {path}, load average {os.getloadavg()[0]:.2f}")
-    for name in ("torchvision", "swiftdet"):
-        print(f"  {name:12s} median {med[name] * 1000:8.1f} ms   (all: {', '.join(f'{t * 1000:.0f}' for t in times[name])})")
-    print(f"  latency ratio swiftdet/torchvision: {med['swiftdet'] / med['torchvision']:.3f}")
-    print(f"  detections agree: {agreement(tv_out, ours_out, label_offset=0)}")
-    if not args.no_memory:
-        del tv, ours
-        mem = {name: peak_inference_memory(name, args.model, args.threads, not args.plain) for name in ("torchvision", "swiftdet")}
-        for name, value in mem.items():
-            print(f"  {name:12s} peak inference memory above the loaded model: {value / 2**20:8.1f} MiB")
-        print(f"  memory ratio swiftdet/torchvision: {mem['swiftdet'] / max(mem['torchvision'], 1):.3f}")
+    compare(Path(__file__).stem, args, f"{args.model} R50-FPN", lambda tv_out, ours_out: agreement(tv_out, ours_out, label_offset=0))
 
 
 if __name__ == "__main__":

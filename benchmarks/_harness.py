@@ -1,0 +1,88 @@
+"""What the inference benchmarks share: flags, alternating timing, per-subprocess peak memory, report.
+
+A benchmark script provides ``build_models(model, seed=0, fast=True) -> (torchvision_model, ours)``,
+``make_image()``, ``run_tv(tv, image)`` and ``run_ours(ours, image)``; :func:`compare` times both
+models alternately after a warm-up, prints medians and the ratio, the script's agreement verdict, and
+(unless ``--no-memory``) the peak memory one inference needs above the loaded model, each measured in
+a fresh process so neither model's allocations colour the other's.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import multiprocessing
+import os
+import resource
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+NAMES = ("torchvision", "swiftdet")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--iters", type=int, default=5, help="timed runs per model (alternating)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--plain", action="store_true", help="run swiftdet without fuse_for_inference")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _memory_worker(script: str, which: str, model: str, threads: int, fast: bool, queue) -> None:
+    bench = importlib.import_module(script)
+    torch.set_num_threads(threads)
+    tv, ours = bench.build_models(model, fast=fast)
+    net, fn = (tv, bench.run_tv) if which == "torchvision" else (ours, bench.run_ours)
+    del tv, ours
+    image = bench.make_image()
+    fn(net, image)
+    before = _rss_bytes()
+    fn(net, image)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    queue.put(max(peak - before, 0))
+
+
+def peak_inference_memory(script: str, which: str, model: str, threads: int, fast: bool) -> int:
+    """Bytes one inference of ``which`` needs above its loaded model, in a fresh process."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_memory_worker, args=(script, which, model, threads, fast, queue))
+    proc.start()
+    value = queue.get(timeout=1800)
+    proc.join()
+    return value
+
+
+def compare(script: str, args: argparse.Namespace, title: str, agreement: Callable[[object, object], str]) -> None:
+    """Run the benchmark of module ``script`` for ``args.model`` and print its report."""
+    bench = importlib.import_module(script)
+    torch.set_num_threads(args.threads)
+    tv, ours = bench.build_models(args.model, fast=not args.plain)
+    image = bench.make_image()
+    tv_out, ours_out = bench.run_tv(tv, image), bench.run_ours(ours, image)  # warm-up and agreement check
+    times: dict[str, list[float]] = {name: [] for name in NAMES}
+    for _ in range(args.iters):
+        for name, fn, net in (("torchvision", bench.run_tv, tv), ("swiftdet", bench.run_ours, ours)):
+            start = time.perf_counter()
+            fn(net, image)
+            times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    path = "plain" if args.plain else "fast (fuse_for_inference)"
+    print(f"{title}, 3x{image.shape[-2]}x{image.shape[-1]}, {args.threads} threads, {args.iters} runs each "
+          f"(alternating), swiftdet {path}, load average {os.getloadavg()[0]:.2f}")
+    for name in NAMES:
+        print(f"  {name:12s} median {med[name] * 1000:8.1f} ms   (all: {', '.join(f'{t * 1000:.0f}' for t in times[name])})")
+    print(f"  latency ratio swiftdet/torchvision: {med['swiftdet'] / med['torchvision']:.3f}")
+    print(f"  detections agree: {agreement(tv_out, ours_out)}")
+    if not args.no_memory:
+        del tv, ours
+        mem = {name: peak_inference_memory(script, name, args.model, args.threads, not args.plain) for name in NAMES}
+        for name, value in mem.items():
+            print(f"  {name:12s} peak inference memory above the loaded model: {value / 2**20:8.1f} MiB")
+        print(f"  memory ratio swiftdet/torchvision: {mem['swiftdet'] / max(mem['torchvision'], 1):.3f}")

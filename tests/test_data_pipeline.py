@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
+import zlib
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -30,6 +31,18 @@ from swiftdet.structures import BitMasks, Boxes, Instances, Keypoints, PolygonMa
 
 
 # ------------------------------------------------------------------ read_image
+def _write_png_rgb16(path, rgb16: np.ndarray) -> None:
+    """A 16-bit RGB PNG written with the standard library (Pillow writes 16-bit gray only)."""
+    height, width, _ = rgb16.shape
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb16)  # filter 0 per row, big-endian samples
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # depth 16, colour type 2 (RGB)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
 def test_read_image_gray_rgba_16bit_and_exif(tmp_path):
     Image.fromarray(np.full((5, 6), 7, np.uint8)).save(tmp_path / "g.png")
     g = read_image(tmp_path / "g.png")
@@ -41,7 +54,7 @@ def test_read_image_gray_rgba_16bit_and_exif(tmp_path):
     Image.fromarray(np.full((4, 3, 4), [10, 20, 30, 40], np.uint8)).save(tmp_path / "rgba.png")
     assert read_image(tmp_path / "rgba.png")[:, 0, 0].tolist() == [10, 20, 30]
 
-    cv2.imwrite(str(tmp_path / "rgb16.png"), np.full((4, 5, 3), [1000, 30000, 65535], np.uint16))  # BGR order
+    _write_png_rgb16(tmp_path / "rgb16.png", np.full((4, 5, 3), [65535, 30000, 1000], np.uint16))
     assert read_image(tmp_path / "rgb16.png")[:, 2, 2].tolist() == [255, round(30000 / 257), round(1000 / 257)]
 
     gray16 = (np.arange(20).reshape(4, 5) * 3000).astype(np.uint16)

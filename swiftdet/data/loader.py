@@ -161,7 +161,12 @@ def _unwrap(batch: list) -> list[Sample]:
     return batch
 
 
-def _make_loader(dataset: Dataset, batch_sampler, num_workers: int) -> DataLoader:
+def _make_loader(dataset: Dataset, batch_sampler, num_workers: int, seed: int = 0) -> DataLoader:
+    # Every iterator of a DataLoader draws a base seed for its workers from ``generator``, or from
+    # torch's global generator when none is given. A loader of its own keeps that draw out of the
+    # global stream that training draws from (e.g. the RPN/RoI samplers' randperm), so creating a
+    # loader (a resumed run does, an uninterrupted one does not) shifts no random number of training.
+    # The workers' seeds do not matter for the samples: augmentation is seeded by stream position.
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
@@ -169,6 +174,7 @@ def _make_loader(dataset: Dataset, batch_sampler, num_workers: int) -> DataLoade
         collate_fn=_collate_list,
         persistent_workers=num_workers > 0,
         worker_init_fn=_worker_init if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(int(seed) % 2**63),
     )
 
 
@@ -189,10 +195,16 @@ class TrainLoader:
         self._loader: DataLoader | None = None
 
     def __iter__(self) -> Iterator[list[Sample]]:
+        # Not a generator function: the DataLoader iterator (and its workers) starts here, in the
+        # caller's ``iter(loader)``, not at the first ``next()``, so a caller can isolate its setup.
         self.batch_sampler.start_iter = self.iteration
         if self._loader is None:
-            self._loader = _make_loader(_MappedDataset(self.mapper), self.batch_sampler, self.num_workers)
-        for batch in self._loader:
+            self._loader = _make_loader(_MappedDataset(self.mapper), self.batch_sampler, self.num_workers,
+                                        seed=self.batch_sampler.seed)
+        return self._batches(iter(self._loader))
+
+    def _batches(self, batches: Iterator[list]) -> Iterator[list[Sample]]:
+        for batch in batches:
             batch = _unwrap(batch)
             self.iteration += 1
             yield batch

@@ -289,8 +289,11 @@ class Trainer:
     def _loop(self) -> dict[str, float]:
         solver = self.solver
         accumulate = solver.accumulate_steps
-        # Building the loader may draw from torch's generator (DataLoader base seeds); keep that out of
-        # the training stream so that a resumed run draws exactly what an uninterrupted one draws.
+        # A resumed run builds and starts its loader at the checkpoint's iteration, an uninterrupted one
+        # at 0: whatever that draws from the global generators must stay out of the training stream
+        # (the RPN/RoI samplers draw from it), or the resumed run's losses differ from the checkpoint
+        # on. swiftdet's TrainLoader starts in iter() and seeds its DataLoader with a generator of its
+        # own; the fork covers loaders of other factories for their construction and iter().
         with self._fork_rng():
             loader: Iterator[list[Any]] = iter(self.train_loader_factory(self.iteration * accumulate))
         self.model.train()

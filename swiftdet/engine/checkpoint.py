@@ -30,6 +30,7 @@ import torch
 from swiftdet.config.core import config_to_dict
 from swiftdet.errors import SwiftdetError, WeightsError
 from swiftdet.utils.io import atomic_torch_save
+from swiftdet.weights.checkpoint import CHECKPOINT_FORMAT, read_weights_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -42,7 +43,6 @@ __all__ = [
     "restore_rng_state",
 ]
 
-CHECKPOINT_FORMAT = "swiftdet-checkpoint/1"
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
 
 
@@ -51,10 +51,16 @@ class CheckpointWriteError(SwiftdetError, OSError):
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """Every random generator a training step can draw from: python, numpy, torch CPU and CUDA."""
+    """Every random generator a training step can draw from: python, numpy, torch CPU and CUDA.
+
+    Only tensors and plain Python values, so that checkpoints load with ``weights_only=True``
+    like every other weights file (numpy's state array is stored as a tensor).
+    """
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -63,8 +69,10 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         saved = state["cuda"]
@@ -74,19 +82,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """Read one of our checkpoint/model files, with a clear error for a missing or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"Checkpoint '{path}' does not exist. Check the path (a .pth file written by swiftdet train).")
-    try:
-        # Training checkpoints hold numpy/python RNG states, which the weights-only unpickler refuses;
-        # these files are written by swiftdet itself.
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises many types for a corrupt or truncated file
-        raise WeightsError(
-            f"Checkpoint '{path}' cannot be read ({type(error).__name__}: {error}). It may be truncated or "
-            "not a PyTorch file; use another checkpoint (e.g. an older model_*.pth in the same folder)."
-        ) from error
+    """Read a checkpoint of a run (through :func:`swiftdet.weights.read_weights_file`, tensors and
+    plain values only), refusing a file that is not a swiftdet checkpoint."""
+    data = read_weights_file(path)
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT or "model" not in data:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise WeightsError(

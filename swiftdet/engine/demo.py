@@ -23,7 +23,7 @@ from swiftdet.config.core import load_config
 from swiftdet.config.schema import Config
 from swiftdet.data.synth import generate_synthetic_coco
 from swiftdet.engine.checkpoint import CheckpointManager
-from swiftdet.engine.run import load_model_weights, run_training
+from swiftdet.engine.run import run_training
 
 __all__ = ["DEMO_CONFIG", "DemoResult", "demo_config", "draw_predictions", "run_demo"]
 
@@ -71,10 +71,11 @@ def draw_predictions(cfg: Config, weights: Path, out_dir: Path, num_images: int 
     from swiftdet.data import build_test_loader, load_dataset, read_image
     from swiftdet.model.build import build_model
     from swiftdet.visualization.draw import draw_instances, save_image
+    from swiftdet.weights.checkpoint import load_initial_weights
 
     dataset = load_dataset(cfg.data.test, training=False, field="data.test", verbose=False)
     model = build_model(cfg.model)
-    load_model_weights(model, weights)
+    load_initial_weights(model, cfg.model, weights, require_complete=True)
     model.eval()
     loader = build_test_loader(cfg, dataset, batch_size=1, num_workers=0, with_targets=False)
     written = []

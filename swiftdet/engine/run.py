@@ -12,7 +12,6 @@ from torch import nn
 
 from swiftdet.config.core import config_to_dict, config_to_yaml
 from swiftdet.config.schema import Config
-from swiftdet.engine.checkpoint import load_checkpoint_file
 from swiftdet.engine.distributed import (
     get_rank,
     get_world_size,
@@ -31,11 +30,11 @@ from swiftdet.engine.trainer import (
     seed_everything,
     write_config,
 )
-from swiftdet.errors import ConfigError, DatasetError, WeightsError
+from swiftdet.errors import ConfigError, DatasetError
+from swiftdet.weights.checkpoint import load_initial_weights
 
 __all__ = [
     "build_detector",
-    "load_model_weights",
     "run_evaluation",
     "run_training",
     "sync_batch_norm_if_distributed",
@@ -45,55 +44,20 @@ __all__ = [
 logger = logging.getLogger("swiftdet")
 
 
-def load_model_weights(model: nn.Module, path: str | Path, *, allow_head_mismatch: bool = False) -> dict[str, Any]:
-    """Load a swiftdet model file into ``model``; returns the file's dict (``meta``, ``config``...).
-
-    With ``allow_head_mismatch`` (fine-tuning on other classes), parameters whose shape differs from
-    the model's (class-dependent layers) keep their fresh initialisation, and are listed in the log.
-    Any other missing or unexpected key is an error.
-    """
-    data = load_checkpoint_file(path)
-    own = model.state_dict()
-    state = dict(data["model"])
-    reshaped = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if reshaped and not allow_head_mismatch:
-        k = reshaped[0]
-        raise WeightsError(
-            f"Weights '{path}' do not fit this model: '{k}' has shape {tuple(state[k].shape)} in the file and "
-            f"{tuple(own[k].shape)} in the model ({len(reshaped)} such keys). Use the config the weights were trained with."
-        )
-    for k in reshaped:
-        del state[k]
-    missing = [k for k in own if k not in state and k not in reshaped]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise WeightsError(
-            f"Weights '{path}' do not match this model's architecture: {len(missing)} parameters missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}). Use a config with the "
-            "same model.arch, backbone and heads as the run that wrote the file."
-        )
-    model.load_state_dict(state, strict=False)
-    if reshaped:
-        logger.info(f"loaded {path}; kept fresh initialisation for {len(reshaped)} class-dependent tensors: {', '.join(reshaped)}")
-    else:
-        logger.info(f"loaded weights {path}")
-    return data
-
-
 def _uses_batch_norm(cfg: Config) -> bool:
     m = cfg.model
     return m.backbone.norm in ("BN", "SyncBN") or "BN" in (m.fpn.norm, m.box_head.norm, m.mask_head.norm)
 
 
-def build_detector(cfg: Config, device: torch.device, *, fine_tune: bool = True) -> nn.Module:
-    """The model of ``cfg`` on ``device``: built with ``seed``, ``model.weights`` loaded if set, and its
-    BatchNorm layers synchronised across processes when several train together."""
+def build_detector(cfg: Config, device: torch.device) -> nn.Module:
+    """The model of ``cfg`` on ``device`` for training: built with ``seed``, given its initial weights
+    (:func:`swiftdet.weights.load_initial_weights`: ``model.weights``, else ``model.backbone.weights``),
+    and its BatchNorm layers synchronised across processes when several train together."""
     from swiftdet.model.build import build_model
 
     seed_everything(cfg.seed)  # the same initial weights in every process and every run
     model = build_model(cfg.model)
-    if cfg.model.weights:
-        load_model_weights(model, cfg.model.weights, allow_head_mismatch=fine_tune)
+    load_initial_weights(model, cfg.model)
     return sync_batch_norm_if_distributed(model, cfg, device).to(device)
 
 
@@ -231,12 +195,12 @@ def run_evaluation(cfg: Config, weights: str | Path, *, output_dir: str | Path |
 
         model = build_model(cfg.model)
         # Shapes and names must match exactly; test-time settings (thresholds, sizes) may differ from training.
-        data = load_model_weights(model, weights)
+        report = load_initial_weights(model, cfg.model, weights, require_complete=True)
         model.to(device).eval()
         metrics = _make_evaluate(cfg, test_set)(model, "")
         if output_dir is not None and rank == 0:
             writer = MetricsWriter(output_dir, tensorboard=False)
-            writer.write({"iter": int(data.get("iteration", 0)), "weights": str(weights), **metrics})
+            writer.write({"iter": report.iteration or 0, "weights": str(weights), **metrics})
             writer.close()
         return metrics
     finally:

@@ -19,7 +19,7 @@ from swiftdet.config.schema import Config
 from swiftdet.errors import ConfigError, InputError
 from swiftdet.model.layers import fuse_for_inference
 from swiftdet.structures import Instances
-from swiftdet.weights.checkpoint import LoadReport, load_backbone_imagenet, load_checkpoint
+from swiftdet.weights.checkpoint import LoadReport, load_initial_weights
 
 __all__ = ["ImageInput", "Predictor", "build_model_with_weights", "resolve_device", "to_rgb_tensor"]
 
@@ -45,24 +45,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _load_weights(model: nn.Module, cfg: Config, weights: str | None) -> LoadReport | None:
-    """Whole-model weights (``weights`` or cfg.model.weights), else the ImageNet backbone, else nothing."""
-    source = weights or cfg.model.weights
-    if source:
-        report = load_checkpoint(model, source)
-    elif cfg.model.backbone.weights:
-        report = load_backbone_imagenet(model, cfg.model.backbone.weights)
-    else:
-        return None
-    logger.info(report.summary())
-    if report.skipped or report.missing:
-        logger.warning("Weights did not cover the whole model: %s", report.summary())
-    return report
-
-
 def build_model_with_weights(cfg: Config, weights: str | None = None) -> tuple[nn.Module, LoadReport | None]:
-    """The model of ``cfg`` with its weights: ``weights`` (path/URL) or ``cfg.model.weights`` for the
-    whole model, otherwise ``cfg.model.backbone.weights`` for the ImageNet backbone.
+    """The model of ``cfg`` with its weights, by :func:`swiftdet.weights.load_initial_weights`:
+    ``weights`` (path/URL) or ``cfg.model.weights`` for the whole model, else
+    ``cfg.model.backbone.weights`` for the ImageNet backbone.
 
     Returns:
         (model, report of the load or None when no weights were configured).
@@ -70,7 +56,7 @@ def build_model_with_weights(cfg: Config, weights: str | None = None) -> tuple[n
     from swiftdet.model.build import build_model
 
     model = build_model(cfg.model)
-    return model, _load_weights(model, cfg, weights)
+    return model, load_initial_weights(model, cfg.model, weights)
 
 
 def _array_to_chw(array: np.ndarray, name: str) -> Tensor:

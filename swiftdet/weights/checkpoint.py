@@ -9,17 +9,21 @@ another architecture is refused with a :class:`WeightsError` naming what does no
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pickle
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from swiftdet.errors import WeightsError
 from swiftdet.weights.download import cached_path
+
+if TYPE_CHECKING:
+    from swiftdet.config.schema import ModelConfig
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -29,11 +33,13 @@ __all__ = [
     "load_backbone_imagenet",
     "class_dependent_keys",
     "load_checkpoint",
+    "load_initial_weights",
     "match_state_dict",
     "read_weights_file",
 ]
 
 CHECKPOINT_FORMAT = "swiftdet-checkpoint/1"
+logger = logging.getLogger("swiftdet")
 # Below this fraction of the model's tensors found in the file, the file is for another model.
 _MIN_MATCHED_FRACTION = 0.5
 
@@ -52,6 +58,7 @@ class LoadReport:
         num_classes_in_file: the file's number of classes when it differs from the model's.
         config: the config dict stored in the checkpoint (None for a bare state_dict).
         meta: the checkpoint's meta (class names, category ids, ...), empty when absent.
+        iteration: the training iteration a swiftdet training checkpoint was written at, else None.
     """
 
     source: str
@@ -62,6 +69,7 @@ class LoadReport:
     num_classes_in_file: int | None = None
     config: dict | None = None
     meta: dict = field(default_factory=dict)
+    iteration: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -99,7 +107,8 @@ def read_weights_file(path_or_url: str | os.PathLike, *, sha256: str | None = No
         match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
         if match is None or allow_pickle:
             raise WeightsError(
-                f"Cannot read weights file '{path}': it is truncated or not a PyTorch file. Download or save it again."
+                f"Weights file '{path}' cannot be read: it is truncated or not a PyTorch file. Download or save it "
+                "again (for a training run's checkpoint: use an older model_*.pth in the same folder)."
             ) from None
         raise WeightsError(
             f"Weights file '{path}' holds pickled Python objects ({match.group(1)}), not only tensors and plain "
@@ -108,8 +117,8 @@ def read_weights_file(path_or_url: str | os.PathLike, *, sha256: str | None = No
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise WeightsError(
-            f"Cannot read weights file '{path}' ({' '.join(str(e).split())[:200]}). It is truncated or not a "
-            "PyTorch file; download or save it again."
+            f"Weights file '{path}' cannot be read ({' '.join(str(e).split())[:200]}). It is truncated or not a "
+            "PyTorch file; download or save it again (for a training run's checkpoint: use an older model_*.pth)."
         ) from None
 
 
@@ -268,6 +277,8 @@ def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, *, strict_
                               file_num_classes=file_classes)
     model.load_state_dict({k: state_dict[k] for k in report.loaded}, strict=False)
     report.config, report.meta = config, meta
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT and "iteration" in obj:
+        report.iteration = int(obj["iteration"])
     return report
 
 
@@ -308,3 +319,39 @@ def make_checkpoint(model: nn.Module, config_dict: dict, meta: dict | None = Non
     """The swiftdet checkpoint dict of ``model`` (tensors on CPU) with its config and meta."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return {"format": CHECKPOINT_FORMAT, "model": state, "config": config_dict, "meta": dict(meta or {})}
+
+
+def load_initial_weights(model: nn.Module, cfg: "ModelConfig", weights: str | os.PathLike | None = None, *,
+                         require_complete: bool = False) -> LoadReport | None:
+    """Give a freshly built ``model`` its initial weights: the one rule of train, eval, demo and predict.
+
+    1. A whole-model file, ``weights`` if given else ``cfg.weights`` (path or URL; a swiftdet
+       checkpoint or a bare state_dict), through :func:`load_checkpoint`. Class-dependent layers of a
+       file trained with another number of classes keep their initialisation (fine-tuning).
+    2. Else the ImageNet backbone file ``cfg.backbone.weights``, through :func:`load_backbone_imagenet`.
+    3. Else nothing: the model keeps its random initialisation, and None is returned.
+
+    Args:
+        require_complete: the file must fill every tensor of the model and nothing else (evaluating
+            or drawing a trained model); a partial fit is an error rather than a warning.
+
+    Raises:
+        WeightsError: unreadable file, another architecture, or (require_complete) a partial fit.
+    """
+    source = weights or cfg.weights
+    if source:
+        report = load_checkpoint(model, source)
+        if require_complete and not report.complete:
+            raise WeightsError(
+                f"Weights '{source}' do not fill this model exactly: {report.summary()} Use the config the weights "
+                "were trained with (its model section: classes, architecture, heads)."
+            )
+    elif cfg.backbone.weights:
+        report = load_backbone_imagenet(model, cfg.backbone.weights)
+    else:
+        logger.info("no model.weights or model.backbone.weights: the model starts from random initialisation")
+        return None
+    logger.info(report.summary())
+    if report.skipped or report.missing:
+        logger.warning("the weights did not cover the whole model: %s", report.summary())
+    return report

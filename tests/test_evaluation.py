@@ -414,8 +414,14 @@ def test_results_with_unknown_category():
 def test_results_missing_field(tmp_path):
     gt = make_gt(0)
     results = make_results(gt, "bbox", 1)
-    with pytest.raises(EvaluationError, match=r"result #0 lacks \['segmentation'\]"):
-        evaluate_coco(gt, results, "segm")
+    # Box results evaluated as masks are their boxes' polygons, as in pycocotools (see
+    # test_coco_eval_parity.py); as keypoints they lack the keypoints.
+    kpt_gt = make_gt(0, keypoints=True)
+    with pytest.raises(EvaluationError, match=r"result #0 lacks \['keypoints'\]"):
+        evaluate_coco(kpt_gt, make_results(kpt_gt, "bbox", 1), "keypoints")
+    del results[3]["bbox"]
+    with pytest.raises(EvaluationError, match=r"result #3 lacks \['bbox'\].*result #0 has 'bbox'"):
+        evaluate_coco(gt, results)
     del results[2]["score"]
     with pytest.raises(EvaluationError, match=r"result #2 lacks \['score'\]"):
         evaluate_coco(gt, results)

@@ -11,8 +11,15 @@ Choices where pycocotools leaves the user alone:
 
 * Empty results are evaluated as a detector that found nothing (pycocotools fails on them): AP and
   AR are 0 where the ground truth has objects and -1 where it has none; a warning says so.
-* For ``segm`` the detection area used for the small/medium/large ranges is the mask area, as in
-  detectron2 (pycocotools' ``loadRes`` takes the box area when results also carry a ``bbox``).
+* Results are read as pycocotools' ``COCO.loadRes`` reads them, for every combination of keys (see
+  :func:`swiftdet.evaluation.coco_inputs.loadres_branch`): the first result decides whether the
+  detection areas of the small/medium/large ranges are the boxes' w*h (it has a non-empty
+  ``bbox``), the masks' pixel counts (it has a ``segmentation``) or the keypoints' extent, and
+  results without a ``bbox`` or ``segmentation`` get the one loadRes makes up. So ``segm`` results
+  that also carry boxes are ranged by their BOX areas, as in pycocotools. ``area_from="mask"``
+  (``swiftdet coco-eval --area-from mask``) ranges ``segm`` detections by their mask areas instead,
+  detectron2's convention (it drops ``bbox`` from mask results before loadRes); the trainer's
+  evaluation uses it and says so.
 * Ground truth with duplicate annotation ids, or annotations of unknown images or categories, is
   rejected (pycocotools silently evaluates other annotations or drops them).
 * A ground-truth annotation with id 0 is, as in pycocotools, counted as never matched (its match
@@ -106,6 +113,16 @@ class CocoEvaluation:
     precision: np.ndarray
     recall: np.ndarray
     specs: list  # MetricSpec of the summary numbers
+    area_from: str = "loadres"  # the convention asked for: "loadres" (pycocotools) or "mask"
+    area_source: str = "none"  # what the detection areas were: "box", "mask", "keypoints" (extent), "none"
+
+    def area_note(self) -> str:
+        """One line saying where the detections' areas for the small/medium/large ranges came from."""
+        what = {"box": "from the boxes (w*h)", "mask": "from the masks (pixel count)",
+                "keypoints": "from the keypoints' extent", "none": "none (no detections)"}[self.area_source]
+        why = ("area_from=mask: detectron2's convention, not pycocotools' loadRes" if self.area_from == "mask"
+               else "pycocotools loadRes")
+        return f"detection areas: {what} ({why})"
 
     def summarize(self, ap: bool, iou: float | None, area: str, max_dets: int) -> float:
         """Mean of precision (ap) or recall over the valid entries of one setting; -1 if none is valid."""
@@ -147,10 +164,12 @@ class CocoEvaluation:
 
 def run_coco_evaluation(gt: Any, results: Any, iou_type: str = "bbox", *, use_cats: bool = True,
                         max_dets: Sequence[int] | None = None, kpt_sigmas: Sequence[float] | None = None,
-                        proposals: bool = False) -> CocoEvaluation:
+                        proposals: bool = False, area_from: str = "loadres") -> CocoEvaluation:
     """Evaluate and accumulate; :func:`evaluate_coco` and :func:`evaluate_proposals` summarise the result.
 
     ``proposals`` selects the class-agnostic recall summary (needs ``use_cats=False``, iou_type bbox).
+    ``area_from``: "loadres" (default) takes the detection areas as pycocotools' ``loadRes`` does;
+    "mask" (``segm`` only) takes each detection's mask area.
     """
     if iou_type not in IOU_TYPES:
         raise EvaluationError(f"iou_type {iou_type!r} is not one of {list(IOU_TYPES)}.")
@@ -161,7 +180,7 @@ def run_coco_evaluation(gt: Any, results: Any, iou_type: str = "bbox", *, use_ca
     max_dets = _check_max_dets(iou_type, max_dets, proposals)
     areas = _KEYPOINT_AREAS if iou_type == "keypoints" else _DETECTION_AREAS
     gt_data = load_ground_truth(gt, iou_type)
-    dets = load_detections(results, gt_data, iou_type, need_category=use_cats)
+    dets = load_detections(results, gt_data, iou_type, need_category=use_cats, area_from=area_from)
     if len(dets.score) == 0:
         warnings.warn("No detections to evaluate: AP and AR are 0 wherever the ground truth has objects.",
                       stacklevel=2)
@@ -209,7 +228,8 @@ def run_coco_evaluation(gt: Any, results: Any, iou_type: str = "bbox", *, use_ca
         specs = detection_metric_specs(max_dets)
     return CocoEvaluation(iou_type=iou_type, category_ids=gt_data.category_ids if use_cats else [-1],
                           category_names=gt_data.category_names, area_labels=list(areas), max_dets=list(max_dets),
-                          precision=precision, recall=recall, specs=specs)
+                          precision=precision, recall=recall, specs=specs, area_from=area_from,
+                          area_source=dets.area_source)
 
 
 def _check_max_dets(iou_type: str, max_dets: Sequence[int] | None, proposals: bool) -> list[int]:
@@ -302,27 +322,31 @@ def _accumulate(tp: np.ndarray, fp: np.ndarray, score: np.ndarray, dt_cat: np.nd
 
 def evaluate_coco(gt: Any, results: Any, iou_type: str = "bbox", *, use_cats: bool = True,
                   max_dets: Sequence[int] | None = None,
-                  kpt_sigmas: Sequence[float] | None = None) -> dict[str, float]:
+                  kpt_sigmas: Sequence[float] | None = None, area_from: str = "loadres") -> dict[str, float]:
     """COCO metrics of ``results`` against ``gt``, equal to pycocotools' ``COCOeval(...).stats``.
 
     Args:
         gt: path of a COCO json, a COCO-format dict, or a ``pycocotools.coco.COCO``.
         results: path of a COCO results json, or a list of result dicts with ``image_id``,
             ``category_id``, ``score`` and ``bbox`` [x, y, w, h] | ``segmentation`` (compressed RLE,
-            counts str or bytes) | ``keypoints`` [x1, y1, v1, ...].
+            counts str or bytes; polygons or uncompressed RLE alongside a bbox) | ``keypoints``
+            [x1, y1, v1, ...], read as pycocotools' ``loadRes`` reads them.
         iou_type: "bbox", "segm" or "keypoints".
         use_cats: False evaluates class-agnostically (bbox/segm; category_id then optional and only
             orders score ties, as in pycocotools).
         max_dets: bbox/segm: three values (default 1, 10, 100); keypoints: one (default 20). AP uses
             the largest.
         kpt_sigmas: per-keypoint OKS sigmas (default COCO's 17 person sigmas).
+        area_from: "loadres" (default): the detection areas of the small/medium/large ranges as
+            pycocotools' ``loadRes`` takes them (box w*h when the first result has a bbox, else mask
+            pixels, else keypoint extent); "mask" (segm only): each detection's mask pixel count.
 
     Returns:
         bbox/segm: AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl;
         keypoints: AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl. Fractions; -1 where undefined.
     """
     return run_coco_evaluation(gt, results, iou_type, use_cats=use_cats, max_dets=max_dets,
-                               kpt_sigmas=kpt_sigmas).metrics
+                               kpt_sigmas=kpt_sigmas, area_from=area_from).metrics
 
 
 def evaluate_proposals(gt: Any, proposals_results: Any, *, max_dets: Sequence[int] = (100, 1000)) -> dict[str, float]:

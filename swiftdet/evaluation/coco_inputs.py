@@ -58,6 +58,8 @@ class Detections:
     boxes: np.ndarray | None = None  # (M, 4) float64 xywh
     rles: list | None = None  # M compressed RLEs
     keypoints: np.ndarray | None = None  # (M, K, 3) float64
+    branch: str | None = None  # the loadRes branch the results take (see loadres_branch); None if empty
+    area_source: str = "none"  # where ``area`` comes from: "box", "mask", "keypoints" (extent) or "none"
 
 
 def _few(ids: Sequence[Any]) -> str:
@@ -224,11 +226,67 @@ def _keypoint_array(rows: list, where, error: type[Exception]) -> np.ndarray:
     return arr.reshape(len(rows), -1, 3)
 
 
-def load_detections(results: Any, gt: GroundTruth, iou_type: str, *, need_category: bool = True) -> Detections:
+# Which of pycocotools' ``COCO.loadRes`` branches a results list takes, and what each gives the
+# evaluation (areas for the small / medium / large ranges, and the boxes or masks where a result
+# does not carry them itself).
+LOADRES_BRANCHES = ("bbox", "segmentation", "keypoints")
+AREA_FROM = ("loadres", "mask")
+AREA_SOURCES = {"bbox": "box", "segmentation": "mask", "keypoints": "keypoints"}
+
+
+def loadres_branch(results: Sequence[dict], source: str = "<results list>") -> str | None:
+    """The branch of pycocotools' ``COCO.loadRes`` that ``results`` go through; None when empty.
+
+    loadRes decides by the FIRST result alone and treats all of them the same way:
+
+    * ``'bbox'`` when it has a non-empty ``bbox``: area = w * h; a missing ``segmentation``
+      becomes the box's polygon;
+    * ``'segmentation'`` otherwise, when it has a ``segmentation`` (a compressed RLE): area = the
+      mask's pixel count; a missing ``bbox`` becomes the mask's bounding box;
+    * ``'keypoints'`` otherwise, when it has ``keypoints``: area and box are the extent of all
+      keypoints (visible or not), (max x - min x) * (max y - min y).
+
+    Caption results and results with none of these keys cannot be evaluated (loadRes gives them no
+    area) and raise :class:`EvaluationError`.
+    """
+    if not results:
+        return None
+    first = results[0]
+    if "caption" in first:
+        raise EvaluationError(f"Results {source!r}: result #0 is a caption result; COCO caption results have no "
+                              f"area and cannot be evaluated as detections.")
+    if "bbox" in first and not (isinstance(first["bbox"], list) and len(first["bbox"]) == 0):
+        return "bbox"
+    if "segmentation" in first:
+        return "segmentation"
+    if "keypoints" in first:
+        return "keypoints"
+    raise EvaluationError(f"Results {source!r}: result #0 has none of 'bbox' (non-empty), 'segmentation' or "
+                          f"'keypoints'; pycocotools' loadRes decides by the first result what the results are, "
+                          f"so give it the field(s) of the evaluation.")
+
+
+def load_detections(results: Any, gt: GroundTruth, iou_type: str, *, need_category: bool = True,
+                    area_from: str = "loadres") -> Detections:
     """Read ``results`` (a path to a results json or a list of result dicts) and check them against ``gt``.
 
-    The user's dicts are not modified (pycocotools' loadRes writes into them).
+    What is evaluated follows pycocotools' ``COCO.loadRes`` for every combination of keys (see
+    :func:`loadres_branch`): the detection areas of the small / medium / large ranges, the boxes of
+    results without a ``bbox`` (from the mask, or the keypoints' extent) and the masks of results
+    without a ``segmentation`` (the box as a polygon). ``area_from="mask"`` instead takes the pixel
+    count of each detection's mask as evaluated (``segm`` only; detectron2's convention, which drops
+    ``bbox`` from mask results before loadRes).
+
+    Where pycocotools would fail (a later result lacking what the first one has, an empty results
+    list, ...) an :class:`EvaluationError` names the result, except that an empty list is evaluated as a
+    detector that found nothing. The user's dicts are not modified (pycocotools' loadRes writes into
+    them).
     """
+    if area_from not in AREA_FROM:
+        raise EvaluationError(f"area_from {area_from!r} is not one of {list(AREA_FROM)}.")
+    if area_from == "mask" and iou_type != "segm":
+        raise EvaluationError(f"area_from='mask' is for 'segm' evaluation only (got {iou_type!r}); {iou_type!r} "
+                              f"takes its areas as pycocotools' loadRes does.")
     if isinstance(results, (str, Path)):
         source = str(results)
         results = _read_json(Path(results), EvaluationError, "Results")
@@ -237,14 +295,27 @@ def load_detections(results: Any, gt: GroundTruth, iou_type: str, *, need_catego
     if not isinstance(results, (list, tuple)):
         raise EvaluationError(f"Results {source!r} must be a list of detection objects (COCO results format), got "
                               f"a {type(results).__name__}.")
-    field = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
-    needed = ["image_id", "score", field] + (["category_id"] if need_category else [])
+    bad = [n for n, r in enumerate(results) if not isinstance(r, dict)]
+    if bad:
+        raise EvaluationError(f"Results {source!r}: result(s) #{_few(bad)} are not objects; a COCO results json is "
+                              f"a list of {{image_id, category_id, score, bbox|segmentation|keypoints}} objects.")
+    branch = loadres_branch(results, source)
+    needed = ["image_id", "score"] + (["category_id"] if need_category else [])
+    # What loadRes reads from every result once the first has chosen the branch ...
+    needed += {None: [], "bbox": ["bbox"], "segmentation": ["segmentation"], "keypoints": ["keypoints"]}[branch]
+    # ... and what the evaluation reads that loadRes does not make up.
+    if iou_type == "keypoints" and "keypoints" not in needed:
+        needed.append("keypoints")
+    if iou_type == "segm" and branch == "keypoints":
+        needed.append("segmentation")
     needed_keys = set(needed)
     for n, r in enumerate(results):
-        if not isinstance(r, dict) or not r.keys() >= needed_keys:
-            lacking = [k for k in needed if k not in r] if isinstance(r, dict) else needed
-            raise EvaluationError(f"Results {source!r}: result #{n} lacks {lacking}; '{iou_type}' evaluation needs "
-                                  f"{needed} in every result.")
+        if not r.keys() >= needed_keys:
+            lacking = [k for k in needed if k not in r]
+            why = "" if branch is None or not set(lacking) <= {"bbox", "segmentation", "keypoints"} else \
+                f" (result #0 has {_first_fields(results[0])}, so pycocotools' loadRes reads that from every result)"
+            raise EvaluationError(f"Results {source!r}: result #{n} lacks {lacking}; '{iou_type}' evaluation of these "
+                                  f"results needs {needed} in every result{why}.")
 
     image_pos = {i: n for n, i in enumerate(gt.image_ids)}
     unknown = sorted({r["image_id"] for r in results if r["image_id"] not in image_pos}, key=repr)
@@ -271,34 +342,62 @@ def load_detections(results: Any, gt: GroundTruth, iou_type: str, *, need_catego
                                 dtype=np.int64),
         score=scores,
         area=np.zeros(len(results)),
+        branch=branch,
+        area_source="none" if branch is None else AREA_SOURCES[branch],
     )
-    if iou_type == "bbox":
+    keypoints = None
+    if branch is None:
+        dets.boxes, dets.rles, keypoints = np.zeros((0, 4)), [], np.zeros((0, 0, 3))
+    elif branch == "bbox":
         dets.boxes = _result_boxes(results, source)
-        # loadRes: area = w * h.
-        dets.area = dets.boxes[:, 2] * dets.boxes[:, 3]
-    elif iou_type == "segm":
-        dets.rles = [_result_rle(n, r, gt, source) for n, r in enumerate(results)]
-        # The mask area, as detectron2 arranges by dropping "bbox" (pycocotools' loadRes would take the
-        # box area whenever the first result carries a bbox).
-        dets.area = _rle_areas(dets.rles)
+        dets.area = dets.boxes[:, 2] * dets.boxes[:, 3]  # loadRes: bb[2] * bb[3]
+    elif branch == "segmentation":
+        dets.rles = [_result_compressed_rle(n, r, gt, source) for n, r in enumerate(results)]
+        dets.area = _rle_areas(dets.rles)  # loadRes: maskUtils.area
+        if iou_type == "bbox":
+            dets.boxes = _boxes_or_mask_boxes(results, dets.rles, source)
     else:
-        dets.keypoints = _keypoint_array([r["keypoints"] for r in results],
-                                         lambda i: f"Results {source!r}: result #{i}", EvaluationError)
+        keypoints = _keypoint_array([r["keypoints"] for r in results],
+                                    lambda i: f"Results {source!r}: result #{i}", EvaluationError)
+        if keypoints.shape[1] == 0:
+            raise EvaluationError(f"Results {source!r}: the keypoints are empty lists; give [x1, y1, v1, ...].")
+        x, y = keypoints[:, :, 0], keypoints[:, :, 1]
+        x0, x1, y0, y1 = x.min(1), x.max(1), y.min(1), y.max(1)
+        dets.area = (x1 - x0) * (y1 - y0)  # loadRes: the extent of all keypoints, visible or not
+        dets.boxes = np.stack([x0, y0, x1 - x0, y1 - y0], 1)  # and it replaces any given bbox by it
+
+    if iou_type == "segm" and dets.rles is None:
+        dets.rles = [_result_any_rle(n, r, gt, source, box_polygon=branch == "bbox") for n, r in enumerate(results)]
+    if iou_type == "keypoints":
+        if keypoints is None:
+            keypoints = _keypoint_array([r["keypoints"] for r in results],
+                                        lambda i: f"Results {source!r}: result #{i}", EvaluationError)
+        dets.keypoints = keypoints
         if gt.keypoints is not None and len(gt.keypoints) and len(results) and \
                 dets.keypoints.shape[1] != gt.keypoints.shape[1]:
             raise EvaluationError(f"Results {source!r} have {dets.keypoints.shape[1]} keypoints per detection, the "
                                   f"ground truth {gt.source!r} has {gt.keypoints.shape[1]}.")
-        if any("bbox" in r for r in results):
-            if not all("bbox" in r for r in results):
-                raise EvaluationError(f"Results {source!r}: some keypoint results carry a 'bbox' and some do not; "
-                                      f"give all of them one (its area is used for the area ranges) or none.")
-            boxes = _result_boxes(results, source)
-            dets.area = boxes[:, 2] * boxes[:, 3]
-        else:
-            # loadRes: the extent of all keypoints, visible or not.
-            x, y = dets.keypoints[:, :, 0], dets.keypoints[:, :, 1]
-            dets.area = (x.max(1) - x.min(1)) * (y.max(1) - y.min(1)) if results else dets.area
+    if area_from == "mask":
+        dets.area = _rle_areas(dets.rles)
+        dets.area_source = "mask"
     return dets
+
+
+def _first_fields(first: dict) -> str:
+    shown = [k for k in ("bbox", "segmentation", "keypoints") if k in first]
+    return " and ".join(f"'{k}'" + (" (empty)" if k == "bbox" and first[k] == [] else "") for k in shown)
+
+
+def _boxes_or_mask_boxes(results: Sequence[dict], rles: list, source: str) -> np.ndarray:
+    """The results' own ``bbox`` where they have one, else the bounding box of the mask (loadRes)."""
+    given = [n for n, r in enumerate(results) if "bbox" in r]
+    boxes = np.zeros((len(results), 4))
+    missing = [n for n, r in enumerate(results) if "bbox" not in r]
+    if given:
+        boxes[given] = _result_boxes([results[n] for n in given], source, rows=given)
+    if missing:
+        boxes[missing] = _rle_boxes([rles[n] for n in missing])
+    return boxes
 
 
 def _rle_areas(rles: list) -> np.ndarray:
@@ -309,17 +408,27 @@ def _rle_areas(rles: list) -> np.ndarray:
     return np.concatenate(areas) if areas else np.zeros(0)
 
 
-def _result_boxes(results: Sequence[dict], source: str) -> np.ndarray:
+def _result_boxes(results: Sequence[dict], source: str, rows: Sequence[int] | None = None) -> np.ndarray:
+    """(M, 4) float64 xywh of the results' ``bbox``; ``rows`` are their numbers in the results (messages)."""
     boxes = _numeric_array([r["bbox"] for r in results], (len(results), 4))
     if boxes is None:
-        for n, r in enumerate(results):
+        for i, r in enumerate(results):
             box = r["bbox"]
             if (not isinstance(box, (list, tuple, np.ndarray)) or len(box) != 4
                     or not all(_is_number(v) and math.isfinite(v) for v in box)):
+                n = i if rows is None else rows[i]
                 raise EvaluationError(f"Results {source!r}: result #{n} (image id {r['image_id']!r}) has bbox "
                                       f"{box!r}; expected [x, y, width, height] finite numbers.")
         raise EvaluationError(f"Results {source!r}: the bboxes are not all [x, y, width, height] finite numbers.")
     return boxes
+
+
+def _rle_boxes(rles: list) -> np.ndarray:
+    """(M, 4) float64 xywh bounding boxes of compressed RLEs (pycocotools' toBbox)."""
+    chunk = 128  # as _rle_areas
+    boxes = [np.asarray(mask_utils.toBbox(rles[i:i + chunk]), dtype=np.float64).reshape(-1, 4)
+             for i in range(0, len(rles), chunk)]
+    return np.concatenate(boxes) if boxes else np.zeros((0, 4))
 
 
 def _numeric_array(values: list, shape: tuple) -> np.ndarray | None:
@@ -340,15 +449,57 @@ def _numeric_array(values: list, shape: tuple) -> np.ndarray | None:
     return arr if np.isfinite(arr).all() else None
 
 
-def _result_rle(n: int, r: dict, gt: GroundTruth, source: str) -> dict:
-    segm = r["segmentation"]
-    if not isinstance(segm, dict) or not isinstance(segm.get("counts"), (str, bytes)) or "size" not in segm:
-        raise EvaluationError(f"Results {source!r}: result #{n} (image id {r['image_id']!r}) has a segmentation "
-                              f"that is not a compressed RLE dict {{'size': [h, w], 'counts': str}}. Encode masks "
-                              f"with pycocotools.mask.encode(np.asfortranarray(mask)).")
+def _is_compressed_rle(segm: Any) -> bool:
+    return isinstance(segm, dict) and isinstance(segm.get("counts"), (str, bytes)) and "size" in segm
+
+
+def _check_rle_size(n: int, r: dict, segm: dict, gt: GroundTruth, source: str) -> dict:
     size = gt.image_sizes.get(r["image_id"])
     if size is not None and list(segm["size"]) != [size[0], size[1]]:
         raise EvaluationError(f"Results {source!r}: result #{n} has a mask of size {list(segm['size'])} but image "
                               f"id {r['image_id']!r} is {size[0]}x{size[1]} (height x width). Paste masks at the "
                               f"original image resolution.")
     return segm
+
+
+def _result_compressed_rle(n: int, r: dict, gt: GroundTruth, source: str) -> dict:
+    """The mask of a result of loadRes' segmentation branch, which must be a compressed RLE."""
+    segm = r["segmentation"]
+    if not _is_compressed_rle(segm):
+        raise EvaluationError(f"Results {source!r}: result #{n} (image id {r['image_id']!r}) has a segmentation "
+                              f"that is not a compressed RLE dict {{'size': [h, w], 'counts': str}}. Encode masks "
+                              f"with pycocotools.mask.encode(np.asfortranarray(mask)); pycocotools' loadRes takes "
+                              f"polygons or uncompressed RLE only when the first result also has a non-empty bbox.")
+    return _check_rle_size(n, r, segm, gt, source)
+
+
+def _result_any_rle(n: int, r: dict, gt: GroundTruth, source: str, *, box_polygon: bool) -> dict:
+    """The result's mask as pycocotools' annToRLE makes it: a compressed RLE as is, polygons and
+    uncompressed RLE rasterised at the image size; with ``box_polygon`` (loadRes' bbox branch) a
+    result without a segmentation is its box as a polygon."""
+    if "segmentation" in r:
+        segm = r["segmentation"]
+    elif box_polygon:
+        bb = r["bbox"]
+        x1, x2, y1, y2 = [bb[0], bb[0] + bb[2], bb[1], bb[1] + bb[3]]  # as loadRes, in Python floats
+        segm = [[x1, y1, x1, y2, x2, y2, x2, y1]]
+    else:  # load_detections has checked that the segmentation is there
+        raise AssertionError("result without segmentation")
+    if _is_compressed_rle(segm):
+        return _check_rle_size(n, r, segm, gt, source)
+    if r["image_id"] not in gt.image_sizes:
+        raise EvaluationError(f"Results {source!r}: result #{n} has a polygon / uncompressed RLE segmentation but "
+                              f"image id {r['image_id']!r} has no 'height'/'width' in the ground truth to "
+                              f"rasterise it at.")
+    h, w = gt.image_sizes[r["image_id"]]
+    try:
+        if isinstance(segm, list):
+            return mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
+        if isinstance(segm, dict) and isinstance(segm.get("counts"), list):
+            return mask_utils.frPyObjects(segm, h, w)
+    except Exception as exc:  # pycocotools raises bare Exceptions / TypeErrors on malformed input
+        raise EvaluationError(f"Results {source!r}: the segmentation of result #{n} (image id "
+                              f"{r['image_id']!r}) cannot be read as COCO polygons or RLE ({exc}).") from exc
+    raise EvaluationError(f"Results {source!r}: result #{n} (image id {r['image_id']!r}) has a segmentation of type "
+                          f"{type(segm).__name__}; expected a compressed RLE dict {{'size': [h, w], 'counts': str}} "
+                          f"(or polygons / uncompressed RLE alongside a bbox).")

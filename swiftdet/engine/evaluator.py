@@ -2,7 +2,15 @@
 
 Each rank runs ``model.predict`` over its shard of the test loader and converts the predictions to
 COCO result dicts; rank 0 gathers every image's results once (by image id), evaluates them with
-:func:`swiftdet.evaluation.coco.evaluate_coco` and every rank receives the metrics.
+:func:`swiftdet.evaluation.coco.run_coco_evaluation` and every rank receives the metrics.
+
+Detection areas (the small / medium / large ranges): the results carry a ``bbox`` besides their
+``segmentation`` / ``keypoints``, so pycocotools' ``loadRes`` would range every kind of
+detection by its box. Here ``segm`` detections are ranged by their MASK area instead
+(:data:`SEGM_AREA_FROM`, detectron2's convention; ``swiftdet coco-eval --iou-type segm
+--area-from mask`` on the same results reproduces the numbers, without it you get pycocotools').
+Boxes and keypoints follow loadRes (box areas). The log says so after each table and the metrics
+carry it as ``<iou_type>/area_from`` ("box", "mask", "keypoints" or "none").
 """
 from __future__ import annotations
 
@@ -14,10 +22,15 @@ import torch
 from torch import nn
 
 from swiftdet.engine.distributed import all_gather_object, get_rank
-from swiftdet.evaluation.coco import evaluate_coco, format_metrics
+from swiftdet.evaluation.coco import CocoEvaluation, format_metrics, run_coco_evaluation
 from swiftdet.evaluation.results import instances_to_coco_results
 
-__all__ = ["gather_results", "evaluate_model", "evaluate_results", "run_inference"]
+__all__ = ["SEGM_AREA_FROM", "gather_results", "evaluate_model", "evaluate_results", "run_evaluations",
+           "run_inference"]
+
+#: The area convention of the trainer's ``segm`` evaluation: "mask" (detectron2's), or "loadres" for
+#: pycocotools' (box areas, since the results carry boxes).
+SEGM_AREA_FROM = "mask"
 
 logger = logging.getLogger("swiftdet")
 
@@ -68,9 +81,20 @@ def gather_results(local: dict[int, list[dict]]) -> list[dict]:
     return [d for image_id in sorted(merged) for d in merged[image_id]]
 
 
-def evaluate_results(gt: Any, results: list[dict], iou_types: Sequence[str]) -> dict[str, dict[str, float]]:
+def run_evaluations(gt: Any, results: list[dict], iou_types: Sequence[str], *,
+                    segm_area_from: str = SEGM_AREA_FROM) -> dict[str, CocoEvaluation]:
+    """``{iou_type: CocoEvaluation}`` of ``results`` against ``gt``; ``segm`` ranges detections by
+    ``segm_area_from`` ("mask" or "loadres"), the others as pycocotools' loadRes does."""
+    return {iou_type: run_coco_evaluation(gt, results, iou_type,
+                                          area_from=segm_area_from if iou_type == "segm" else "loadres")
+            for iou_type in iou_types}
+
+
+def evaluate_results(gt: Any, results: list[dict], iou_types: Sequence[str], *,
+                     segm_area_from: str = SEGM_AREA_FROM) -> dict[str, dict[str, float]]:
     """``{iou_type: metrics}`` of ``results`` against ``gt`` (path/dict of the COCO json)."""
-    return {iou_type: evaluate_coco(gt, results, iou_type) for iou_type in iou_types}
+    return {iou_type: evaluation.metrics
+            for iou_type, evaluation in run_evaluations(gt, results, iou_types, segm_area_from=segm_area_from).items()}
 
 
 def evaluate_model(
@@ -81,24 +105,31 @@ def evaluate_model(
     *,
     mask_on: bool,
     prefix: str = "",
-) -> dict[str, float]:
+    segm_area_from: str = SEGM_AREA_FROM,
+) -> dict[str, float | str]:
     """Run, gather and evaluate; returns flat metrics like ``{"bbox/AP": 0.41, "segm/AP": 0.37}``.
 
     Boxes are always evaluated, masks when ``mask_on``, keypoints when the predictions carry them.
-    ``prefix`` (e.g. ``"ema/"``) goes in front of every name. Rank 0 prints the tables; every rank
-    returns the same metrics.
+    Each evaluated type also gets ``<iou_type>/area_from``, the (string) source of the detection
+    areas of its small/medium/large numbers: "box", "mask" (``segm``, ``segm_area_from="mask"``),
+    "keypoints" or "none" (no detections). ``prefix`` (e.g. ``"ema/"``) goes in front of every name.
+    Rank 0 prints the tables, each followed by where its areas came from; every rank returns the
+    same metrics.
     """
     start = time.perf_counter()
     local = run_inference(model, loader, category_ids)
     results = gather_results(local)
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | str] = {}
     if get_rank() == 0:
         iou_types = ["bbox"] + (["segm"] if mask_on else [])
         if any("keypoints" in r for r in results):
             iou_types.append("keypoints")
         num_images = len({r["image_id"] for r in results})
-        for iou_type, values in evaluate_results(gt, results, iou_types).items():
+        for iou_type, evaluation in run_evaluations(gt, results, iou_types, segm_area_from=segm_area_from).items():
+            values = evaluation.metrics
             logger.info(format_metrics(values, title=f"{prefix}{iou_type} ({num_images} images with detections)"))
+            logger.info(f"{prefix}{iou_type} {evaluation.area_note()}")
             metrics.update({f"{prefix}{iou_type}/{name}": float(v) for name, v in values.items()})
+            metrics[f"{prefix}{iou_type}/area_from"] = evaluation.area_source
         logger.info(f"evaluation took {time.perf_counter() - start:.1f}s")
     return all_gather_object(metrics)[0]

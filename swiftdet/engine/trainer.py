@@ -148,6 +148,12 @@ class Trainer:
         meta: dataset metadata saved in checkpoints (class_names, category_ids, keypoint_names).
         output_dir: the run's folder (see :func:`prepare_output_dir`).
         device: where the model lives.
+
+    Each logged iteration's record in ``metrics.jsonl`` holds, besides ``lr``, the loss terms and
+    timings, ``image_ids``: one list per process (rank order) of the dataset image ids that process
+    trained on in that iteration (all accumulation steps), gathered to rank 0. It tells which images
+    an odd iteration saw, and that the processes of a run train on different images. A loss that is
+    not finite stops the run with the image ids of that iteration in the error.
     """
 
     def __init__(
@@ -305,10 +311,12 @@ class Trainer:
             lr = self.schedule.step(self.iteration)
             data_time = 0.0
             totals: dict[str, torch.Tensor] = {}
+            image_ids: list[Any] = []
             for micro in range(accumulate):
                 fetch = time.perf_counter()
                 batch = next(loader)
                 data_time += time.perf_counter() - fetch
+                image_ids += [getattr(s, "image_id", None) for s in batch]
                 sync = (
                     self.model.no_sync()
                     if isinstance(self.model, nn.parallel.DistributedDataParallel) and micro < accumulate - 1
@@ -329,14 +337,15 @@ class Trainer:
                 for name, value in losses.items():
                     totals[name] = totals.get(name, 0.0) + value.detach().float() / accumulate
             values = self._reduce(totals)
-            self._check_finite(values)
+            self._check_finite(values, image_ids)
             self._step()
             self.iteration += 1
 
             elapsed = time.perf_counter() - start
             recent_times = (recent_times + [elapsed])[-20:]
             if self.iteration % solver.log_period == 0 or self.iteration == solver.max_iter:
-                self._log(values, lr, elapsed, data_time, sum(recent_times) / len(recent_times))
+                every_rank_ids = all_gather_object(image_ids)  # collective: every rank logs the same iterations
+                self._log(values, lr, elapsed, data_time, sum(recent_times) / len(recent_times), every_rank_ids)
             last = self.iteration == solver.max_iter
             eval_period = self.cfg.test.eval_period
             # Evaluate before saving, so the checkpoint of this iteration knows the best value so far.
@@ -361,10 +370,17 @@ class Trainer:
         values = dict(zip(names, stacked.tolist()))
         return {"loss": sum(values.values()), **values}
 
-    def _check_finite(self, values: dict[str, float]) -> None:
+    def _check_finite(self, values: dict[str, float], image_ids: list[Any]) -> None:
         bad = [name for name, v in values.items() if name != "loss" and not math.isfinite(v)]
         if not bad:
             return
+        # ``values`` are the same on every rank (all-reduced), so every rank gets here: a collective is safe.
+        every_rank_ids = all_gather_object(image_ids)
+        if len(every_rank_ids) == 1:
+            images = f"its images (dataset image ids): {every_rank_ids[0]}"
+        else:
+            images = "its images (dataset image ids) per process: " + ", ".join(
+                f"rank {r} {ids}" for r, ids in enumerate(every_rank_ids))
         saved = (
             f"The last good checkpoint is {self.last_checkpoint} (left intact; resume from it with --resume)."
             if self.last_checkpoint is not None
@@ -374,7 +390,7 @@ class Trainer:
         raise TrainingDivergedError(
             f"Training stopped at iteration {self.iteration + 1}: loss term {bad[0]} is not finite ({detail}); the "
             f"update was not applied. {saved} Lower solver.base_lr, lengthen solver.warmup_iters or set "
-            "solver.clip_grad_norm, and check the data of this iteration's images."
+            f"solver.clip_grad_norm, and check the data of this iteration's images; {images}."
         )
 
     def _step(self) -> None:
@@ -393,12 +409,14 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.module)
 
-    def _log(self, values: dict[str, float], lr: float, iter_time: float, data_time: float, mean_time: float) -> None:
+    def _log(self, values: dict[str, float], lr: float, iter_time: float, data_time: float, mean_time: float,
+             image_ids: list[list[Any]]) -> None:
         if self.rank != 0:
             return
         memory = memory_text(self.device)
         logger.info(format_progress(self.iteration, self.solver.max_iter, values, lr, mean_time, data_time, memory))
-        record = {"iter": self.iteration, "lr": lr, **values, "time": iter_time, "data_time": data_time}
+        record = {"iter": self.iteration, "lr": lr, **values, "time": iter_time, "data_time": data_time,
+                  "image_ids": image_ids}
         if self.device.type == "cuda":
             record["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         assert self.writer is not None

@@ -1,5 +1,7 @@
-"""Two CPU processes (gloo): DDP training runs, only rank 0 writes, and distributed
-evaluation gives exactly the numbers of a single process."""
+"""Two CPU processes (gloo) with the toy detector: distributed evaluation gives exactly the numbers
+of a single process, and a user error in a process reaches the parent as itself. ``--nproc 2`` with
+the real Mask R-CNN through the CLI (one set of outputs, different images per process) is in
+test_resume_real."""
 from __future__ import annotations
 
 import json

@@ -1,13 +1,10 @@
 """A tiny stand-in detector and dataset for the engine's tests, and checks that they honour the contract.
 
 The engine is tested with these so that its tests take seconds and do not depend on the real models.
-Other engine test modules (and the subprocesses they start) import the helpers from here.
+Other engine test modules (and the processes they launch) import the helpers from here.
 """
 from __future__ import annotations
 
-import os
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -82,18 +79,15 @@ TOY_META = {"class_names": [f"class{i}" for i in range(TOY_CLASSES)], "category_
 class ToyTrainLoader:
     """Infinite and exactly resumable: batch b of rank r is fixed by (seed, b, r), like the real loader."""
 
-    def __init__(self, num_images: int, batch_size: int, start: int, rank: int, world_size: int, seed: int,
-                 delay: float = 0.0):
+    def __init__(self, num_images: int, batch_size: int, start: int, rank: int, world_size: int, seed: int):
         self.num_images, self.batch_size, self.start = num_images, batch_size, start
-        self.rank, self.world_size, self.seed, self.delay = rank, world_size, seed, delay
+        self.rank, self.world_size, self.seed = rank, world_size, seed
 
     def __iter__(self) -> Iterator[list[ToySample]]:
         b = self.start
         while True:
             g = torch.Generator().manual_seed(self.seed * 7919 + b * self.world_size + self.rank)
             indices = torch.randint(self.num_images, (self.batch_size,), generator=g).tolist()
-            if self.delay:
-                time.sleep(self.delay)
             yield [toy_sample(i) for i in indices]
             b += 1
 
@@ -198,7 +192,7 @@ def toy_config(*overrides: str) -> Config:
 
 
 def build_toy_trainer(cfg: Config, output_dir: Path, *, resume: bool, num_train: int = 64, num_test: int = 12,
-                      delay: float = 0.0, model: nn.Module | None = None) -> Trainer:
+                      model: nn.Module | None = None) -> Trainer:
     """What run_training does with the real parts, with the toy ones."""
     rank, world = get_rank(), get_world_size()
     prepare_output_dir(output_dir, resume=resume)
@@ -213,7 +207,7 @@ def build_toy_trainer(cfg: Config, output_dir: Path, *, resume: bool, num_train:
     gt = toy_coco(num_test)
 
     def factory(start: int) -> ToyTrainLoader:
-        return ToyTrainLoader(num_train, per_process, start, rank, world, cfg.seed, delay)
+        return ToyTrainLoader(num_train, per_process, start, rank, world, cfg.seed)
 
     def evaluate(m: nn.Module, prefix: str) -> dict[str, float]:
         loader = toy_test_loader(num_test, cfg.test.ims_per_batch, rank, world)
@@ -222,21 +216,15 @@ def build_toy_trainer(cfg: Config, output_dir: Path, *, resume: bool, num_train:
     return Trainer(cfg, model, factory, evaluate, TOY_META, output_dir, torch.device("cpu"))
 
 
-def train_toy_main(output_dir: str, resume: bool, overrides: list[str], delay: float = 0.0) -> dict[str, float]:
-    """Entry of the subprocess and multi-process tests: join the process group if any, train."""
+def train_toy_main(output_dir: str, resume: bool, overrides: list[str]) -> dict[str, float]:
+    """Entry of the multi-process tests: join the process group if any, train."""
     torch.set_num_threads(1)
     init_distributed_from_env()
     try:
         cfg = toy_config(*overrides)
-        return build_toy_trainer(cfg, Path(output_dir), resume=resume, delay=delay).train(resume=resume)
+        return build_toy_trainer(cfg, Path(output_dir), resume=resume).train(resume=resume)
     finally:
         shutdown_distributed()
-
-
-if __name__ == "__main__":
-    # python tests/test_engine_toy.py OUTPUT_DIR resume|fresh DELAY [overrides...]
-    out, mode, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    train_toy_main(out, mode == "resume", sys.argv[4:], delay)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,11 +252,3 @@ def test_toy_loader_resumes_exactly():
     expected = [b for _, b in zip(range(8), iter(full))][5:]
     got = [b for _, b in zip(range(3), iter(resumed))]
     assert [[s.image_id for s in b] for b in got] == [[s.image_id for s in b] for b in expected]
-
-
-def toy_subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    return env

@@ -69,13 +69,11 @@ def draw_predictions(cfg: Config, weights: Path, out_dir: Path, num_images: int 
     """Draw the predictions of ``weights`` on the first ``num_images`` test images into ``out_dir``,
     each image enlarged ``scale`` times."""
     from swiftdet.data import build_test_loader, load_dataset, read_image
-    from swiftdet.model.build import build_model
     from swiftdet.visualization.draw import draw_instances, save_image
-    from swiftdet.weights.checkpoint import load_initial_weights
+    from swiftdet.weights.checkpoint import build_model_with_weights
 
     dataset = load_dataset(cfg.data.test, training=False, field="data.test", verbose=False)
-    model = build_model(cfg.model)
-    load_initial_weights(model, cfg.model, weights, require_complete=True)
+    model, _ = build_model_with_weights(cfg, weights, require_complete=True)
     model.eval()
     loader = build_test_loader(cfg, dataset, batch_size=1, num_workers=0, with_targets=False)
     written = []

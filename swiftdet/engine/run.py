@@ -31,7 +31,7 @@ from swiftdet.engine.trainer import (
     write_config,
 )
 from swiftdet.errors import ConfigError, DatasetError
-from swiftdet.weights.checkpoint import load_initial_weights
+from swiftdet.weights.checkpoint import build_model_with_weights
 
 __all__ = [
     "build_detector",
@@ -53,11 +53,8 @@ def build_detector(cfg: Config, device: torch.device) -> nn.Module:
     """The model of ``cfg`` on ``device`` for training: built with ``seed``, given its initial weights
     (:func:`swiftdet.weights.load_initial_weights`: ``model.weights``, else ``model.backbone.weights``),
     and its BatchNorm layers synchronised across processes when several train together."""
-    from swiftdet.model.build import build_model
-
     seed_everything(cfg.seed)  # the same initial weights in every process and every run
-    model = build_model(cfg.model)
-    load_initial_weights(model, cfg.model)
+    model, _ = build_model_with_weights(cfg)
     return sync_batch_norm_if_distributed(model, cfg, device).to(device)
 
 
@@ -191,11 +188,8 @@ def run_evaluation(cfg: Config, weights: str | Path, *, output_dir: str | Path |
         device = default_device()
         test_set = _load_test_set(cfg, verbose=rank == 0)
         _check_classes(cfg, test_set.meta, "data.test")
-        from swiftdet.model.build import build_model
-
-        model = build_model(cfg.model)
         # Shapes and names must match exactly; test-time settings (thresholds, sizes) may differ from training.
-        report = load_initial_weights(model, cfg.model, weights, require_complete=True)
+        model, report = build_model_with_weights(cfg, weights, require_complete=True)
         model.to(device).eval()
         metrics = _make_evaluate(cfg, test_set)(model, "")
         if output_dir is not None and rank == 0:

@@ -7,23 +7,21 @@ and moving results back to the CPU in original pixel coordinates.
 from __future__ import annotations
 
 import copy
-import logging
 import os
 from typing import Sequence, Union
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from swiftdet.config.schema import Config
 from swiftdet.errors import ConfigError, InputError
 from swiftdet.model.layers import fuse_for_inference
 from swiftdet.structures import Instances
-from swiftdet.weights.checkpoint import LoadReport, load_initial_weights
+from swiftdet.weights.checkpoint import build_model_with_weights
 
 __all__ = ["ImageInput", "Predictor", "build_model_with_weights", "resolve_device", "to_rgb_tensor"]
 
-logger = logging.getLogger(__name__)
 
 ImageInput = Union[np.ndarray, Tensor, str, os.PathLike]
 
@@ -43,20 +41,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     elif dev.type != "cpu":
         raise ConfigError(f"Device '{device}' is not supported; use 'cpu' or 'cuda'.")
     return dev
-
-
-def build_model_with_weights(cfg: Config, weights: str | None = None) -> tuple[nn.Module, LoadReport | None]:
-    """The model of ``cfg`` with its weights, by :func:`swiftdet.weights.load_initial_weights`:
-    ``weights`` (path/URL) or ``cfg.model.weights`` for the whole model, else
-    ``cfg.model.backbone.weights`` for the ImageNet backbone.
-
-    Returns:
-        (model, report of the load or None when no weights were configured).
-    """
-    from swiftdet.model.build import build_model
-
-    model = build_model(cfg.model)
-    return model, load_initial_weights(model, cfg.model, weights)
 
 
 def _array_to_chw(array: np.ndarray, name: str) -> Tensor:

@@ -98,8 +98,9 @@ class FCOS(DenseDetector):
         point_generator: one square box per location, of side the level's stride.
     """
 
-    def __init__(self, cfg: ModelConfig, backbone: ResNet, fpn: FPN, head: FCOSHead, point_generator: AnchorGenerator):
-        super().__init__(cfg)
+    def __init__(self, cfg: ModelConfig, backbone: ResNet, fpn: FPN, head: FCOSHead, point_generator: AnchorGenerator,
+                 size_divisibility: int = 32):
+        super().__init__(cfg, size_divisibility)
         self.backbone = backbone
         self.fpn = fpn
         self.head = head
@@ -224,7 +225,7 @@ class FCOS(DenseDetector):
         )
 
 
-def build_fcos(cfg: ModelConfig) -> FCOS:
+def build_fcos(cfg: ModelConfig, size_divisibility: int = 32) -> FCOS:
     """FCOS described by ``cfg`` (``cfg.arch == "fcos"``), randomly initialised."""
     fc = cfg.fcos
     backbone, fpn = build_backbone_and_fpn(cfg, fc.in_features, "fcos")
@@ -232,4 +233,4 @@ def build_fcos(cfg: ModelConfig) -> FCOS:
     strides = [fpn.output_shape()[f][1] for f in fc.in_features]
     point_generator = AnchorGenerator([(float(s),) for s in strides], (1.0,))
     head = FCOSHead(fpn.out_channels, cfg.num_classes, fc.num_convs, fc.norm, fc.prior_prob)
-    return FCOS(cfg, backbone, fpn, head, point_generator)
+    return FCOS(cfg, backbone, fpn, head, point_generator, size_divisibility)

@@ -137,8 +137,9 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def build_rcnn(cfg: ModelConfig) -> GeneralizedRCNN:
-    """Faster R-CNN (or Mask R-CNN when ``cfg.mask_on``) described by ``cfg``, randomly initialised."""
+def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN:
+    """Faster R-CNN (or Mask R-CNN when ``cfg.mask_on``) described by ``cfg``, randomly initialised;
+    its batches are padded to multiples of ``size_divisibility`` (``input.size_divisibility``)."""
     cfg.validate()
     k = cfg.num_classes
     backbone = build_resnet(cfg.backbone)
@@ -218,4 +219,4 @@ def build_rcnn(cfg: ModelConfig) -> GeneralizedRCNN:
         mask_head=mask_head,
         mask_from_box_head=cfg.layout == "c4",
     )
-    return GeneralizedRCNN(cfg, backbone, fpn, rpn, roi_heads)
+    return GeneralizedRCNN(cfg, backbone, fpn, rpn, roi_heads, size_divisibility)

@@ -93,8 +93,9 @@ class RetinaNet(DenseDetector):
         anchor_generator: anchors of every level, in the head's output order.
     """
 
-    def __init__(self, cfg: ModelConfig, backbone: ResNet, fpn: FPN, head: RetinaNetHead, anchor_generator: AnchorGenerator):
-        super().__init__(cfg)
+    def __init__(self, cfg: ModelConfig, backbone: ResNet, fpn: FPN, head: RetinaNetHead, anchor_generator: AnchorGenerator,
+                 size_divisibility: int = 32):
+        super().__init__(cfg, size_divisibility)
         rc = cfg.retinanet
         self.backbone = backbone
         self.fpn = fpn
@@ -192,7 +193,7 @@ class RetinaNet(DenseDetector):
         )
 
 
-def build_retinanet(cfg: ModelConfig) -> RetinaNet:
+def build_retinanet(cfg: ModelConfig, size_divisibility: int = 32) -> RetinaNet:
     """RetinaNet described by ``cfg`` (``cfg.arch == "retinanet"``), randomly initialised."""
     rc = cfg.retinanet
     backbone, fpn = build_backbone_and_fpn(cfg, rc.in_features, "retinanet")
@@ -209,4 +210,4 @@ def build_retinanet(cfg: ModelConfig) -> RetinaNet:
             "needs the same number on every level (same count of sizes per level)."
         )
     head = RetinaNetHead(fpn.out_channels, num_anchors[0], cfg.num_classes, rc.num_convs, rc.norm, rc.prior_prob)
-    return RetinaNet(cfg, backbone, fpn, head, anchor_generator)
+    return RetinaNet(cfg, backbone, fpn, head, anchor_generator, size_divisibility)

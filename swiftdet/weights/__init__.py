@@ -2,6 +2,7 @@
 from swiftdet.weights.checkpoint import (
     CHECKPOINT_FORMAT,
     LoadReport,
+    build_model_with_weights,
     extract_state_dict,
     load_backbone_imagenet,
     load_checkpoint,
@@ -15,6 +16,7 @@ from swiftdet.weights.download import cached_path, default_cache_dir
 __all__ = [
     "CHECKPOINT_FORMAT",
     "LoadReport",
+    "build_model_with_weights",
     "cached_path",
     "default_cache_dir",
     "extract_state_dict",

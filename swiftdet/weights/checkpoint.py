@@ -23,7 +23,7 @@ from swiftdet.errors import WeightsError
 from swiftdet.weights.download import cached_path
 
 if TYPE_CHECKING:
-    from swiftdet.config.schema import ModelConfig
+    from swiftdet.config.schema import Config, ModelConfig
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -33,6 +33,7 @@ __all__ = [
     "load_backbone_imagenet",
     "class_dependent_keys",
     "load_checkpoint",
+    "build_model_with_weights",
     "load_initial_weights",
     "match_state_dict",
     "read_weights_file",
@@ -355,3 +356,20 @@ def load_initial_weights(model: nn.Module, cfg: "ModelConfig", weights: str | os
     if report.skipped or report.missing:
         logger.warning("the weights did not cover the whole model: %s", report.summary())
     return report
+
+
+def build_model_with_weights(cfg: "Config", weights: str | os.PathLike | None = None, *,
+                             require_complete: bool = False) -> tuple[nn.Module, LoadReport | None]:
+    """The model of a run's config with its initial weights: what train, eval, demo and predict build.
+
+    The model pads its batches to ``cfg.input.size_divisibility``; the weights follow
+    :func:`load_initial_weights` (``weights``, else ``cfg.model.weights``, else
+    ``cfg.model.backbone.weights``, else random).
+
+    Returns:
+        (model on the CPU, report of the load or None when no weights were configured).
+    """
+    from swiftdet.model.build import build_model
+
+    model = build_model(cfg.model, size_divisibility=cfg.input.size_divisibility)
+    return model, load_initial_weights(model, cfg.model, weights, require_complete=require_complete)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from swiftdet.errors import WeightsError
+from swiftdet.utils.io import atomic_write
 
 __all__ = ["cached_path", "default_cache_dir", "hash_prefix_from_name", "sha256_of"]
 
@@ -105,32 +105,24 @@ def cached_path(url_or_path: str | os.PathLike, *, sha256: str | None = None, ca
         raise WeightsError(
             f"Cannot create the weights cache folder '{cache}' ({e.strerror}). Set SWIFTDET_CACHE to a writable folder."
         ) from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=cache)
-    try:
+    def download(out) -> None:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(text, timeout=timeout) as response:
-                    for block in iter(lambda: response.read(_CHUNK), b""):
-                        digest.update(block)
-                        out.write(block)
-            except urllib.error.HTTPError as e:
-                raise WeightsError(f"Downloading '{text}' failed: HTTP {e.code} {e.reason}. Check the URL.") from None
-            except (urllib.error.URLError, OSError, TimeoutError) as e:
-                reason = getattr(e, "reason", e)
-                raise WeightsError(
-                    f"Cannot download '{text}' ({reason}). If this machine is offline, download the file "
-                    f"elsewhere and pass its local path, or place it in the cache as '{target}'."
-                ) from None
-            out.flush()
-            os.fsync(out.fileno())
-        _check_hash(digest.hexdigest(), sha256, prefix, f"The file downloaded from '{text}'")
-        os.replace(tmp, target)
-    except BaseException:
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            with urllib.request.urlopen(text, timeout=timeout) as response:
+                for block in iter(lambda: response.read(_CHUNK), b""):
+                    digest.update(block)
+                    out.write(block)
+        except urllib.error.HTTPError as e:
+            raise WeightsError(f"Downloading '{text}' failed: HTTP {e.code} {e.reason}. Check the URL.") from None
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            reason = getattr(e, "reason", e)
+            raise WeightsError(
+                f"Cannot download '{text}' ({reason}). If this machine is offline, download the file "
+                f"elsewhere and pass its local path, or place it in the cache as '{target}'."
+            ) from None
+        # Raising here leaves no file behind: the cache never holds a download that failed its check.
+        _check_hash(digest.hexdigest(), sha256, prefix, f"The file downloaded from '{text}'")
+
+    atomic_write(target, download)
     return target
 

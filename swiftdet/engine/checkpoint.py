@@ -10,8 +10,9 @@ Every file is written with :func:`swiftdet.utils.io.atomic_torch_save` (temp fil
 older checkpoints are pruned only after the new one is safely on disk, so a kill or a full disk at any
 moment leaves the previous checkpoint readable.
 
-A checkpoint is the model-file dict of the contracts (``format``, ``model``, ``config``, ``meta``)
-plus ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``iteration``, ``rng`` and ``loader``.
+A checkpoint is the model-file dict of :func:`swiftdet.weights.make_checkpoint` (``format``,
+``model``, ``config``, ``meta``) plus ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``iteration``,
+``rng`` and ``loader``.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from swiftdet.config.core import config_to_dict
 from swiftdet.errors import SwiftdetError, WeightsError
 from swiftdet.utils.io import atomic_torch_save
 from swiftdet.weights.checkpoint import CHECKPOINT_FORMAT, read_weights_file
@@ -39,7 +39,6 @@ __all__ = [
     "capture_rng_state",
     "check_same_model_config",
     "load_checkpoint_file",
-    "model_file_dict",
     "restore_rng_state",
 ]
 
@@ -212,8 +211,3 @@ class CheckpointManager:
                 f"Wrote checkpoint {target} but could not update {self.last_path}: {error.strerror or error}. "
                 f"Resume works from {target} (the newest model_*.pth is used when last.pth is stale)."
             ) from error
-
-
-def model_file_dict(model_state: dict[str, Any], config: Any, meta: dict[str, Any]) -> dict[str, Any]:
-    """The contracts' model-file dict (what inference and export load)."""
-    return {"format": CHECKPOINT_FORMAT, "model": model_state, "config": config_to_dict(config), "meta": meta}

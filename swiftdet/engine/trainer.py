@@ -29,7 +29,6 @@ from swiftdet.engine.checkpoint import (
     capture_rng_state,
     check_same_model_config,
     load_checkpoint_file,
-    model_file_dict,
     restore_rng_state,
 )
 from swiftdet.engine.distributed import all_gather_object, barrier, get_rank, get_world_size, local_rank
@@ -40,6 +39,7 @@ from swiftdet.errors import ConfigError, SwiftdetError, WeightsError
 from swiftdet.evaluation.coco import detection_metric_specs, keypoint_metric_specs
 from swiftdet.structures import Instances
 from swiftdet.utils.io import atomic_write
+from swiftdet.weights.checkpoint import make_checkpoint
 
 __all__ = [
     "TrainingDivergedError",
@@ -216,7 +216,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs; RNG states of every rank (collective: call on all ranks)."""
         rng = all_gather_object(capture_rng_state())
-        state = model_file_dict(self.module.state_dict(), self.cfg, self.meta)
+        state = make_checkpoint(self.module, self.cfg, self.meta)
         state.update(
             optimizer=self.optimizer.state_dict(),
             scheduler=self.schedule.state_dict(),
@@ -449,7 +449,7 @@ class Trainer:
         self.best_value = value
         use_ema = name.startswith("ema/")
         weights = self.ema.model.state_dict() if use_ema and self.ema is not None else self.module.state_dict()
-        state = model_file_dict(weights, self.cfg, self.meta)
+        state = make_checkpoint(weights, self.cfg, self.meta)
         state.update(iteration=self.iteration, metrics=metrics, best_metric=name, ema_weights=use_ema)
         path = self.checkpoints.save_best(state)
         logger.info(f"new best {name} = {value:.4f} at iteration {self.iteration}: saved {path}")

@@ -316,10 +316,17 @@ def load_backbone_imagenet(model: nn.Module, path_or_url: str | os.PathLike, *, 
     return report
 
 
-def make_checkpoint(model: nn.Module, config_dict: dict, meta: dict | None = None) -> dict:
-    """The swiftdet checkpoint dict of ``model`` (tensors on CPU) with its config and meta."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"format": CHECKPOINT_FORMAT, "model": state, "config": config_dict, "meta": dict(meta or {})}
+def make_checkpoint(model: nn.Module | dict[str, Tensor], config: "Config | dict", meta: dict | None = None) -> dict:
+    """The swiftdet model-file dict (``format``, ``model``, ``config``, ``meta``) of ``model`` (a module or
+    its state_dict; tensors copied to the CPU) with its config (a Config or its dict) and meta.
+
+    Training checkpoints are this dict plus the run's state (see swiftdet.engine.checkpoint)."""
+    from swiftdet.config.core import config_to_dict
+
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    config_dict = config if isinstance(config, dict) else config_to_dict(config)
+    return {"format": CHECKPOINT_FORMAT, "model": {k: v.detach().cpu() for k, v in state.items()},
+            "config": config_dict, "meta": dict(meta or {})}
 
 
 def load_initial_weights(model: nn.Module, cfg: "ModelConfig", weights: str | os.PathLike | None = None, *,

@@ -192,6 +192,16 @@ def _gt_boxes(anns: list, source: str) -> np.ndarray:
     raise DatasetError(f"Ground truth {source!r}: the bboxes are not all [x, y, width, height] finite numbers.")
 
 
+def _rasterised_rle(segm: Any, h: int, w: int) -> dict | None:
+    """Polygons (list) or an uncompressed RLE (dict with a list of counts) as a compressed RLE of an
+    ``h`` x ``w`` image, converted as pycocotools' annToRLE does; None for anything else."""
+    if isinstance(segm, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
+    if isinstance(segm, dict) and isinstance(segm.get("counts"), list):
+        return mask_utils.frPyObjects(segm, h, w)
+    return None
+
+
 def _gt_rle(ann: dict, image_sizes: dict, source: str) -> dict:
     """The annotation's mask as a compressed RLE, converted the way pycocotools' annToRLE does."""
     segm = ann["segmentation"]
@@ -202,13 +212,12 @@ def _gt_rle(ann: dict, image_sizes: dict, source: str) -> dict:
                            f"to rasterise the polygon / uncompressed RLE of annotation id {ann['id']!r}.")
     h, w = image_sizes[ann["image_id"]]
     try:
-        if isinstance(segm, list):
-            return mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
-        if isinstance(segm, dict) and isinstance(segm.get("counts"), list):
-            return mask_utils.frPyObjects(segm, h, w)
+        rle = _rasterised_rle(segm, h, w)
     except Exception as exc:  # pycocotools raises bare Exceptions / TypeErrors on malformed polygons
         raise DatasetError(f"Ground truth {source!r}: the segmentation of annotation id {ann['id']!r} cannot be "
                            f"read as COCO polygons or RLE ({exc}).") from exc
+    if rle is not None:
+        return rle
     raise DatasetError(f"Ground truth {source!r}: annotation id {ann['id']!r} has a segmentation of type "
                        f"{type(segm).__name__}; expected polygons (list) or RLE (dict with 'size' and 'counts').")
 
@@ -493,13 +502,12 @@ def _result_any_rle(n: int, r: dict, gt: GroundTruth, source: str, *, box_polygo
                               f"rasterise it at.")
     h, w = gt.image_sizes[r["image_id"]]
     try:
-        if isinstance(segm, list):
-            return mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
-        if isinstance(segm, dict) and isinstance(segm.get("counts"), list):
-            return mask_utils.frPyObjects(segm, h, w)
+        rle = _rasterised_rle(segm, h, w)
     except Exception as exc:  # pycocotools raises bare Exceptions / TypeErrors on malformed input
         raise EvaluationError(f"Results {source!r}: the segmentation of result #{n} (image id "
                               f"{r['image_id']!r}) cannot be read as COCO polygons or RLE ({exc}).") from exc
+    if rle is not None:
+        return rle
     raise EvaluationError(f"Results {source!r}: result #{n} (image id {r['image_id']!r}) has a segmentation of type "
                           f"{type(segm).__name__}; expected a compressed RLE dict {{'size': [h, w], 'counts': str}} "
                           f"(or polygons / uncompressed RLE alongside a bbox).")

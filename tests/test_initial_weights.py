@@ -108,7 +108,7 @@ def test_model_weights_as_url_or_bare_state_dict_start_training(synth, tmp_path)
 
 
 def test_evaluation_refuses_weights_that_do_not_fill_the_model(synth, tmp_path):
-    cfg = _tiny_cfg(synth, f"data.test.json={synth / 'annotations' / 'instances_val.json'}")
+    cfg = _tiny_cfg(synth, f"data.test.json={synth / 'annotations' / 'instances_val.json'}", "model.box_head.score_thresh=0")
     state = build_model(cfg.model).state_dict()
     partial = {k: v for k, v in state.items() if not k.startswith("roi_heads.mask_head.")}
     torch.save(partial, tmp_path / "partial.pth")
@@ -119,3 +119,7 @@ def test_evaluation_refuses_weights_that_do_not_fill_the_model(synth, tmp_path):
     assert "bbox/AP" in metrics
     [record] = [json.loads(line) for line in (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()]
     assert record["iter"] == 0 and record["weights"] == str(tmp_path / "whole.pth")
+    # The area convention of segm evaluation follows test.segm_area_from.
+    assert metrics["segm/area_from"] == "mask"
+    cfg.test.segm_area_from = "loadres"
+    assert run_evaluation(cfg, tmp_path / "whole.pth")["segm/area_from"] == "box"

@@ -276,6 +276,9 @@ class TestConfig:
     ims_per_batch: int = 1
     # Metric that decides the 'best' checkpoint, e.g. 'bbox/AP' or 'segm/AP'.
     best_metric: str = "bbox/AP"
+    # Areas that put segm detections in the small/medium/large ranges: 'mask' (detectron2's
+    # evaluator) or 'loadres' (pycocotools' loadRes: box areas, what `swiftdet coco-eval` gives).
+    segm_area_from: Literal["mask", "loadres"] = "mask"
 
 
 @dataclass

@@ -98,7 +98,8 @@ def _make_evaluate(cfg: Config, test_set: Any):
     category_ids = list(test_set.meta.category_ids)
 
     def evaluate(model: nn.Module, prefix: str) -> dict[str, float]:
-        return evaluate_model(model, loader, cfg.data.test.json, category_ids, mask_on=cfg.model.mask_on, prefix=prefix)
+        return evaluate_model(model, loader, cfg.data.test.json, category_ids, mask_on=cfg.model.mask_on, prefix=prefix,
+                              segm_area_from=cfg.test.segm_area_from)
 
     return evaluate
 

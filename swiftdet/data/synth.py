@@ -38,6 +38,7 @@ import pycocotools.mask as mask_utils
 from PIL import Image
 
 from swiftdet.errors import ConfigError, DatasetError
+from swiftdet.utils.io import atomic_write
 
 # Bump when the drawing changes, so that a cached dataset made by an older generator is rebuilt.
 GENERATOR_VERSION = 2
@@ -196,11 +197,8 @@ def _remove_stale_images(split_dir: Path, keep: set[str]) -> None:
 
 
 def _write_json(dataset: dict, path: Path) -> None:
-    tmp_path = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp_path, "w", encoding="utf-8") as f:
-            json.dump(dataset, f, separators=(",", ":"))
-        os.replace(tmp_path, path)
+        atomic_write(path, lambda f: json.dump(dataset, f, separators=(",", ":")), mode="w")
     except OSError as error:
         raise DatasetError(
             f"Cannot write the synthetic annotations {path}: {error.strerror or error}. "

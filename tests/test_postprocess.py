@@ -88,8 +88,9 @@ def test_postprocess_instances_pastes_masks_at_original_size():
     boxes = torch.tensor([[10.0, 20.0, 60.0, 90.0], [0.0, 0.0, 100.0, 50.0]])
     masks = torch.rand(2, 1, 28, 28, generator=gen)
     inst = Instances((100, 120), boxes=Boxes(boxes), labels=torch.tensor([0, 1]), scores=torch.tensor([0.9, 0.8]),
-                     masks=masks)
+                     mask_probs=masks[:, 0])
     out = postprocess_instances(inst, (200, 240), mask_threshold=0.5)
     scaled = resize_boxes(boxes, [100, 120], [200, 240])
     assert torch.equal(out.boxes.tensor, scaled)
     assert torch.equal(out.masks, tv_paste_masks(masks, scaled, (200, 240))[:, 0] > 0.5)
+    assert out.mask_probs is None

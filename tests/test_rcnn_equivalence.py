@@ -151,10 +151,10 @@ def test_matches_torchvision(kind):
         assert r.image_size == tuple(size)
         assert_same_detections(tv_raw, r)
         if kind.startswith("mask"):
-            assert r.masks.shape == (len(r), 1, 28, 28)
-            torch.testing.assert_close(r.masks, tv_raw["masks"], rtol=0, atol=1e-4)
+            assert r.mask_probs.shape == (len(r), 28, 28)
+            torch.testing.assert_close(r.mask_probs, tv_raw["masks"][:, 0], rtol=0, atol=1e-4)
         else:
-            assert r.masks is None
+            assert r.mask_probs is None
 
     # Post-processing to (here unchanged) original sizes: pasted masks equal torchvision's > 0.5.
     final = ours.postprocess(raw, batch)

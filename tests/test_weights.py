@@ -7,7 +7,6 @@ import http.server
 import socket
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -121,7 +120,7 @@ class TinyDetector(nn.Module):
 
     def __init__(self, num_classes: int, width: int = 8):
         super().__init__()
-        self.cfg = SimpleNamespace(num_classes=num_classes)
+        self.num_classes = num_classes
         self.backbone = nn.Sequential(nn.Conv2d(3, width, 3), nn.BatchNorm2d(width))
         self.cls_score = nn.Linear(width, num_classes + 1)
         self.bbox_pred = nn.Linear(width, 4 * (num_classes + 1))
@@ -171,7 +170,7 @@ def test_other_class_count_loads_all_but_class_layers(tmp_path):
     torch.save(make_checkpoint(src, config_to_dict(cfg7)), tmp_path / "c7.pth")
     dst = build_model(small_rcnn_config(3).model)
     before = {k: v.clone() for k, v in dst.state_dict().items()}
-    report = load_checkpoint(dst, tmp_path / "c7.pth")
+    report = load_checkpoint(dst, tmp_path / "c7.pth", model_cfg=small_rcnn_config(3).model)
     skipped = sorted(s.split(":")[0] for s in report.skipped)
     assert skipped == sorted(["roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
                               "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias",
@@ -186,13 +185,14 @@ def test_other_class_count_loads_all_but_class_layers(tmp_path):
             assert torch.equal(sd_dst[k], before[k]), k
     # A bare state_dict states no class count: it is inferred from the shapes, consistently.
     torch.save(src.state_dict(), tmp_path / "c7_bare.pth")
-    assert load_checkpoint(build_model(small_rcnn_config(3).model), tmp_path / "c7_bare.pth").num_classes_in_file == 7
+    cfg3 = small_rcnn_config(3).model
+    assert load_checkpoint(build_model(cfg3), tmp_path / "c7_bare.pth", model_cfg=cfg3).num_classes_in_file == 7
     # A wider FPN is another architecture, even though its first dimensions are multiples of 4.
     wide = small_rcnn_config(3)
     wide.model.fpn.out_channels = 64
     torch.save(build_model(wide.model).state_dict(), tmp_path / "wide.pth")
     with pytest.raises(WeightsError, match="fpn"):
-        load_checkpoint(build_model(small_rcnn_config(3).model), tmp_path / "wide.pth")
+        load_checkpoint(build_model(cfg3), tmp_path / "wide.pth", model_cfg=cfg3)
 
 
 def test_other_architecture_is_refused_with_names(tmp_path):

@@ -12,7 +12,6 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from swiftdet.structures import ImageList
 
 __all__ = ["AnchorGenerator"]
 
@@ -85,16 +84,17 @@ class AnchorGenerator(nn.Module):
             out.append(self.level_anchors(level, (gh, gw), stride, feat.dtype, feat.device))
         return out
 
-    def forward(self, images: ImageList, features: Sequence[Tensor]) -> list[Tensor]:
-        """Per image (A_total, 4) anchors over all levels (the same tensor for every image)."""
-        image_shape = tuple(images.tensor.shape[-2:])
+    def forward(self, images: Tensor, features: Sequence[Tensor]) -> Tensor:
+        """(A_total, 4) anchors over all levels of the (B, C, H, W) batch ``images``, the same for
+        every image of the batch."""
+        image_shape = tuple(images.shape[-2:])
         key = ("all", image_shape, tuple(tuple(f.shape[-2:]) for f in features), features[0].device, features[0].dtype)
         anchors = self._cache.get(key)
         if anchors is None:
             levels = self.grid_anchors(image_shape, features)
             anchors = torch.cat(levels) if len(levels) > 1 else levels[0]
             self._remember(key, anchors)
-        return [anchors] * len(images)
+        return anchors
 
     def _remember(self, key: tuple, anchors: Tensor) -> None:
         if len(self._cache) >= self._max_cache_entries:

@@ -1,4 +1,4 @@
-"""Box regression targets: (dx, dy, dw, dh) of a box relative to a reference box.
+"""Box regression targets: (dx, dy, dw, dh) of a box relative to a reference box, and clipping.
 
 Numerically the same computation, in the same order, as torchvision's ``det_utils.BoxCoder``.
 """
@@ -10,7 +10,18 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["BoxCoder"]
+__all__ = ["BoxCoder", "clip_boxes"]
+
+
+def clip_boxes(boxes: Tensor, sizes: Tensor) -> Tensor:
+    """(..., 4) xyxy boxes clipped to [0, width] x [0, height] of ``sizes`` (..., 2) = (height,
+    width), broadcast against the boxes' leading dimensions; the same values as torchvision's
+    ``clip_boxes_to_image``, with the sizes a tensor so that each box may have its own image."""
+    sizes = sizes.to(boxes.dtype)
+    h, w = sizes[..., 0:1], sizes[..., 1:2]
+    x = torch.minimum(boxes[..., 0::2].clamp(min=0), w)
+    y = torch.minimum(boxes[..., 1::2].clamp(min=0), h)
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
 
 
 class BoxCoder:

@@ -1,8 +1,8 @@
 """Pieces shared by the dense (one-stage) detectors RetinaNet and FCOS.
 
 Both predict, at every position of every pyramid level, class logits and a box; they differ in how
-boxes are encoded and how training targets are assigned. What is common lives here: the detector
-shell (preprocess / postprocess / predict), the conv towers of the heads, and inference decoding
+boxes are encoded and how training targets are assigned. What is common lives here: building the
+backbone and FPN, the conv towers of the heads, and inference decoding
 (per-level score threshold and top-k, box clipping, class-wise NMS and a per-image cap), which is
 vectorised over images and levels: no Python loop per box, one host sync per level.
 """
@@ -15,14 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from swiftdet.config.schema import ModelConfig
-from swiftdet.errors import ConfigError, InputError
+from swiftdet.errors import ConfigError
 from swiftdet.model.backbone import FPN, ResNet, build_fpn, build_resnet
-from swiftdet.model.nms import class_wise_nms
-from swiftdet.model.postprocess import rescale_instances
-from swiftdet.structures import Boxes, ImageList, Instances
+from swiftdet.model.box_coder import clip_boxes
+from swiftdet.model.nms import per_image_nms
 
 __all__ = [
-    "DenseDetector",
     "build_backbone_and_fpn",
     "conv_tower",
     "init_prediction_conv",
@@ -173,110 +171,22 @@ def batched_detections(
     scores: Tensor,
     labels: Tensor,
     batch_idx: Tensor,
-    image_sizes: Sequence[tuple[int, int]],
+    image_sizes: Tensor,
     num_classes: int,
     nms_thresh: float,
     detections_per_image: int,
-) -> list[Instances]:
+) -> dict[str, Tensor]:
     """Clip, class-wise NMS per image, and keep each image's ``detections_per_image`` best.
 
     Args:
         boxes: (P, 4) decoded candidate boxes of all images.
         scores, labels, batch_idx: (P,) each candidate's score, class and image.
-        image_sizes: (h, w) per image, the clipping bounds.
+        image_sizes: (B, 2) int64 (h, w) per image, the clipping bounds.
     Returns:
-        one Instances per image, sorted by decreasing score.
+        raw detections (see swiftdet.model.detector): boxes, scores, labels, num_detections.
     """
-    num_images = len(image_sizes)
-    device = boxes.device
-    sizes = torch.tensor(image_sizes, dtype=boxes.dtype, device=device).reshape(-1, 2)
-    h = sizes[batch_idx, 0]
-    w = sizes[batch_idx, 1]
-    x0 = torch.minimum(boxes[:, 0].clamp(min=0), w)
-    y0 = torch.minimum(boxes[:, 1].clamp(min=0), h)
-    x1 = torch.minimum(boxes[:, 2].clamp(min=0), w)
-    y1 = torch.minimum(boxes[:, 3].clamp(min=0), h)
-    boxes = torch.stack([x0, y0, x1, y1], dim=1)
-
-    # One NMS call for the whole batch: an (image, class) pair is one NMS group.
-    keep = class_wise_nms(boxes, scores, batch_idx * num_classes + labels, nms_thresh)
-    kept_images = batch_idx[keep]
-    # keep is sorted by decreasing score; a stable sort by image keeps that order within each image.
-    keep = keep[kept_images.argsort(stable=True)]
-    kept_images = batch_idx[keep]
-    counts = torch.bincount(kept_images, minlength=num_images)
-    starts = counts.cumsum(0) - counts
-    rank = torch.arange(keep.numel(), device=device) - starts[kept_images]
-    keep = keep[rank < detections_per_image]
-    per_image = torch.bincount(batch_idx[keep], minlength=num_images).tolist()
-
-    results = []
-    for size, idx in zip(image_sizes, keep.split(per_image)):
-        results.append(Instances(tuple(size), boxes=Boxes(boxes[idx]), labels=labels[idx], scores=scores[idx]))
-    return results
-
-
-class DenseDetector(nn.Module):
-    """Shell shared by RetinaNet and FCOS: input normalisation, output rescaling, ``predict``.
-
-    Subclasses implement ``forward(images: ImageList, targets=None)`` returning a loss dict in
-    training mode and ``list[Instances]`` (resized-image coordinates) in eval mode.
-    """
-
-    def __init__(self, cfg: ModelConfig, size_divisibility: int = 32):
-        super().__init__()
-        self.cfg = cfg
-        self.size_divisibility = size_divisibility
-        # Normalisation in 0-1 units, (x / 255 - mean / 255) / (std / 255): the same float32 operations
-        # as torchvision's GeneralizedRCNNTransform, so converted torchvision models see bit-identical
-        # inputs (a deep network amplifies even 1-ulp input differences). Not part of the state dict.
-        mean = torch.tensor(cfg.pixel_mean, dtype=torch.float64) / 255.0
-        std = torch.tensor(cfg.pixel_std, dtype=torch.float64) / 255.0
-        self.register_buffer("pixel_mean", mean.to(torch.float32).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", std.to(torch.float32).view(3, 1, 1), persistent=False)
-
-    def preprocess(self, images: list[Tensor], original_sizes: list[tuple[int, int]] | None = None) -> ImageList:
-        """RGB 0-255 (3, H, W) images -> normalised, zero-padded batch on the model's device."""
-        if len(images) == 0:
-            raise InputError("preprocess got an empty list of images; pass at least one (3, H, W) image tensor.")
-        if original_sizes is not None and len(original_sizes) != len(images):
-            raise InputError(
-                f"preprocess got {len(images)} images but {len(original_sizes)} original sizes; pass one "
-                "(height, width) per image or none."
-            )
-        device = self.pixel_mean.device
-        normalised = []
-        for i, img in enumerate(images):
-            if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3:
-                shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
-                raise InputError(
-                    f"Image {i} given to the detector has shape {shape}; expected a (3, H, W) RGB tensor "
-                    "with values in 0-255."
-                )
-            x = img.to(device=device, dtype=torch.float32)
-            if self.cfg.input_format == "BGR":
-                x = x.flip(0)
-            normalised.append((x / 255.0 - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(normalised, self.size_divisibility, 0.0, original_sizes)
-
-    def postprocess(self, results: list[Instances], images: ImageList) -> list[Instances]:
-        """Boxes in the original images' coordinates (float32 per-axis ratios, as torchvision's
-        ``transform.postprocess``), then clipped to the original images."""
-        out = []
-        for inst, size, orig in zip(results, images.image_sizes, images.original_sizes):
-            inst = rescale_instances(inst, tuple(size), tuple(orig))
-            out.append(inst.with_fields(boxes=inst.boxes.clip(inst.image_size)))
-        return out
-
-    def predict(self, images: list[Tensor], original_sizes: list[tuple[int, int]] | None = None) -> list[Instances]:
-        """preprocess -> forward in eval mode without gradients -> postprocess."""
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                batch = self.preprocess(images, original_sizes)
-                results = self(batch)
-            return self.postprocess(results, batch)
-        finally:
-            self.train(was_training)
-
+    boxes = clip_boxes(boxes, image_sizes[batch_idx])
+    keep, counts = per_image_nms(
+        boxes, scores, labels, batch_idx, image_sizes.shape[0], num_classes, nms_thresh, detections_per_image
+    )
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "num_detections": counts}

@@ -9,6 +9,8 @@ the decoded boxes, BCE on centre-ness, all normalised by the batch's number of p
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -18,7 +20,6 @@ from swiftdet.config.schema import ModelConfig
 from swiftdet.model.anchors import AnchorGenerator
 from swiftdet.model.backbone import FPN, ResNet
 from swiftdet.model.dense_head import (
-    DenseDetector,
     build_backbone_and_fpn,
     batched_detections,
     conv_tower,
@@ -27,7 +28,7 @@ from swiftdet.model.dense_head import (
     init_prediction_conv,
     select_candidates,
 )
-from swiftdet.model.retinanet import check_targets
+from swiftdet.model.detector import Detector, shell_settings
 from swiftdet.structures import ImageList, Instances
 
 __all__ = ["FCOS", "FCOSHead", "build_fcos", "fcos_decode", "fcos_encode"]
@@ -88,39 +89,67 @@ class FCOSHead(nn.Module):
         return logits, distances, ctrness
 
 
-class FCOS(DenseDetector):
+class FCOS(Detector):
     """FCOS detector (see the module docstring). Built by :func:`build_fcos`.
 
     Args:
-        cfg: the model config (``cfg.fcos`` holds the head, loss and inference settings).
-        backbone, fpn: bottom-up network and pyramid producing ``cfg.fcos.in_features``.
+        backbone, fpn: bottom-up network and pyramid producing ``in_features``.
         head: the :class:`FCOSHead`.
         point_generator: one square box per location, of side the level's stride.
+        in_features: the pyramid levels the head reads, finest first.
+        center_sampling_radius: positives lie within this many strides of a box's centre.
+        focal_alpha, focal_gamma: sigmoid focal loss parameters.
+        score_thresh, topk_candidates, nms_thresh, detections_per_image: inference settings.
+        **shell: the :class:`Detector` settings (normalisation, padding).
     """
 
-    def __init__(self, cfg: ModelConfig, backbone: ResNet, fpn: FPN, head: FCOSHead, point_generator: AnchorGenerator,
-                 size_divisibility: int = 32):
-        super().__init__(cfg, size_divisibility)
+    def __init__(
+        self,
+        *,
+        backbone: ResNet,
+        fpn: FPN,
+        head: FCOSHead,
+        point_generator: AnchorGenerator,
+        in_features: Sequence[str],
+        center_sampling_radius: float,
+        focal_alpha: float,
+        focal_gamma: float,
+        score_thresh: float,
+        topk_candidates: int,
+        nms_thresh: float,
+        detections_per_image: int,
+        **shell,
+    ):
+        super().__init__(num_classes=head.num_classes, **shell)
         self.backbone = backbone
         self.fpn = fpn
         self.head = head
         self.point_generator = point_generator
-        self.in_features = tuple(cfg.fcos.in_features)
-        self.num_classes = cfg.num_classes
+        self.in_features = tuple(in_features)
+        self.center_sampling_radius = center_sampling_radius
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.score_thresh = score_thresh
+        self.topk_candidates = topk_candidates
+        self.nms_thresh = nms_thresh
+        self.detections_per_image = detections_per_image
 
-    def forward(self, images: ImageList, targets: list[Instances] | None = None) -> dict[str, Tensor] | list[Instances]:
-        """Losses (training) or detections in the resized images' coordinates (eval)."""
-        pyramid = self.fpn(self.backbone(images.tensor))
+    def _head_outputs(self, images: Tensor):
+        """Per level (B, N_l, K) logits, (B, N_l, 4) distances, (B, N_l, 1) centre-ness, the (N, 4)
+        points of all levels, and the number of points per level."""
+        pyramid = self.fpn(self.backbone(images))
         features = [pyramid[f] for f in self.in_features]
         logits, distances, ctrness = self.head(features)
-        points = self.point_generator(images, float32_shapes(features))[0]
-        if self.training:
-            targets = check_targets(targets, len(images))
-            level_sizes = [x.shape[-2] * x.shape[-1] for x in features]
-            return self.losses(
-                torch.cat(logits, 1), torch.cat(distances, 1), torch.cat(ctrness, 1), points, level_sizes, targets
-            )
-        return self.inference(logits, distances, ctrness, points, images.image_sizes)
+        points = self.point_generator(images, float32_shapes(features))
+        return logits, distances, ctrness, points, [x.shape[-2] * x.shape[-1] for x in features]
+
+    def core(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
+        logits, distances, ctrness, points, _ = self._head_outputs(images)
+        return self.inference(logits, distances, ctrness, points, image_sizes)
+
+    def losses(self, images: ImageList, targets: list[Instances]) -> dict[str, Tensor]:
+        logits, distances, ctrness, points, level_sizes = self._head_outputs(images.tensor)
+        return self.loss(torch.cat(logits, 1), torch.cat(distances, 1), torch.cat(ctrness, 1), points, level_sizes, targets)
 
     def match(self, points: Tensor, level_sizes: list[int], targets: list[Instances]) -> tuple[Tensor, Tensor]:
         """Per point of each image: class (-1 background) and assigned box.
@@ -130,7 +159,7 @@ class FCOS(DenseDetector):
         Returns:
             labels (B, N) int64 and boxes (B, N, 4) (zeros where unmatched).
         """
-        radius = self.cfg.fcos.center_sampling_radius
+        radius = self.center_sampling_radius
         centers = 0.5 * (points[:, :2] + points[:, 2:])  # (N, 2)
         sizes = points[:, 2] - points[:, 0]  # (N,)
         # Scale range of each level: the largest side distance must lie in (4 * size, 8 * size),
@@ -165,7 +194,7 @@ class FCOS(DenseDetector):
             boxes.append(gt[safe])
         return torch.stack(labels), torch.stack(boxes)
 
-    def losses(
+    def loss(
         self,
         logits: Tensor,
         distances: Tensor,
@@ -179,7 +208,6 @@ class FCOS(DenseDetector):
         Args:
             logits: (B, N, K); distances: (B, N, 4); ctrness: (B, N, 1); points: (N, 4).
         """
-        fc = self.cfg.fcos
         logits, distances, ctrness = logits.float(), distances.float(), ctrness.float()
         labels, matched_boxes = self.match(points, level_sizes, targets)
         foreground = labels >= 0
@@ -188,7 +216,7 @@ class FCOS(DenseDetector):
 
         cls_target = torch.zeros_like(logits)
         cls_target[img_idx, point_idx, labels[img_idx, point_idx]] = 1.0
-        loss_cls = sigmoid_focal_loss(logits, cls_target, alpha=fc.focal_alpha, gamma=fc.focal_gamma, reduction="sum")
+        loss_cls = sigmoid_focal_loss(logits, cls_target, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum")
 
         fg_points = points[point_idx]
         gt = matched_boxes[img_idx, point_idx]
@@ -208,20 +236,20 @@ class FCOS(DenseDetector):
         distances: list[Tensor],
         ctrness: list[Tensor],
         points: Tensor,
-        image_sizes: list[tuple[int, int]],
-    ) -> list[Instances]:
-        """Detections per image; the score is sqrt(class probability * centre-ness probability).
+        image_sizes: Tensor,
+    ) -> dict[str, Tensor]:
+        """Raw detections; the score is sqrt(class probability * centre-ness probability).
 
         Args:
-            per level (B, N_l, K) logits, (B, N_l, 4) distances, (B, N_l, 1) centre-ness; points (N, 4).
+            per level (B, N_l, K) logits, (B, N_l, 4) distances, (B, N_l, 1) centre-ness; points (N, 4);
+            image_sizes (B, 2) int64.
         """
-        fc = self.cfg.fcos
         level_scores = [torch.sqrt(torch.sigmoid(c.float()) * torch.sigmoid(q.float())) for c, q in zip(logits, ctrness)]
-        img_idx, point_idx, labels, scores = select_candidates(level_scores, fc.score_thresh, fc.topk_candidates)
+        img_idx, point_idx, labels, scores = select_candidates(level_scores, self.score_thresh, self.topk_candidates)
         all_distances = torch.cat(distances, dim=1).float()
         boxes = fcos_decode(all_distances[img_idx, point_idx], points[point_idx])
         return batched_detections(
-            boxes, scores, labels, img_idx, image_sizes, self.num_classes, fc.nms_thresh, fc.detections_per_image
+            boxes, scores, labels, img_idx, image_sizes, self.num_classes, self.nms_thresh, self.detections_per_image
         )
 
 
@@ -233,4 +261,18 @@ def build_fcos(cfg: ModelConfig, size_divisibility: int = 32) -> FCOS:
     strides = [fpn.output_shape()[f][1] for f in fc.in_features]
     point_generator = AnchorGenerator([(float(s),) for s in strides], (1.0,))
     head = FCOSHead(fpn.out_channels, cfg.num_classes, fc.num_convs, fc.norm, fc.prior_prob)
-    return FCOS(cfg, backbone, fpn, head, point_generator, size_divisibility)
+    return FCOS(
+        backbone=backbone,
+        fpn=fpn,
+        head=head,
+        point_generator=point_generator,
+        in_features=fc.in_features,
+        center_sampling_radius=fc.center_sampling_radius,
+        focal_alpha=fc.focal_alpha,
+        focal_gamma=fc.focal_gamma,
+        score_thresh=fc.score_thresh,
+        topk_candidates=fc.topk_candidates,
+        nms_thresh=fc.nms_thresh,
+        detections_per_image=fc.detections_per_image,
+        **shell_settings(cfg, size_divisibility),
+    )

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms
 
-__all__ = ["class_wise_nms"]
+__all__ = ["class_wise_nms", "per_image_nms"]
 
 # torchvision's batched_nms switches from its one-call coordinate trick to a per-class loop above
 # this many box coordinates (boxes.numel()), per device type.
@@ -44,3 +44,34 @@ def class_wise_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: f
     # Kept indices in increasing index order, then sorted by score: the order torchvision returns.
     keep = torch.cat(kept).sort().values
     return keep[scores[keep].sort(descending=True)[1]]
+
+
+def per_image_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    image_idx: Tensor,
+    num_images: int,
+    num_labels: int,
+    iou_threshold: float,
+    max_per_image: int,
+) -> tuple[Tensor, Tensor]:
+    """Class-wise NMS within each image of a batch in one call, and each image's best ``max_per_image``.
+
+    Args:
+        boxes: (P, 4) xyxy candidates of all images; scores: (P,).
+        labels: (P,) int64 class in [0, num_labels); image_idx: (P,) int64 image of each candidate.
+    Returns:
+        keep: (N,) indices into the candidates, grouped by image, each image's by decreasing score;
+        num_per_image: (num_images,) int64.
+    """
+    # An (image, class) pair is one NMS group: images never suppress each other's boxes.
+    keep = class_wise_nms(boxes, scores, image_idx * num_labels + labels, iou_threshold)
+    # keep is sorted by decreasing score; a stable sort by image keeps that order within each image.
+    keep = keep[image_idx[keep].argsort(stable=True)]
+    kept_images = image_idx[keep]
+    counts = torch.bincount(kept_images, minlength=num_images)
+    starts = counts.cumsum(0) - counts
+    rank = torch.arange(keep.numel(), device=keep.device) - starts[kept_images]
+    keep = keep[rank < max_per_image]
+    return keep, torch.bincount(image_idx[keep], minlength=num_images)

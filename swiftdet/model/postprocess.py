@@ -211,7 +211,7 @@ def rescale_instances(results: Instances, from_size: tuple[int, int], to_size: t
     """Instances with boxes and keypoints scaled from an image of ``from_size`` to ``to_size``.
 
     Each axis is scaled by its own float32 ratio to/from, as torchvision's ``resize_boxes`` and
-    ``resize_keypoints`` do (no clipping; masks are left as they are).
+    ``resize_keypoints`` do (no clipping; masks and mask probabilities are left as they are).
     """
     device = results.boxes.tensor.device
     ratio_h = torch.tensor(to_size[0], dtype=torch.float32, device=device) / torch.tensor(
@@ -228,8 +228,7 @@ def rescale_instances(results: Instances, from_size: tuple[int, int], to_size: t
         kp[..., 0] *= ratio_w
         kp[..., 1] *= ratio_h
         keypoints = Keypoints(kp)
-    return Instances(tuple(int(v) for v in to_size), boxes=boxes, labels=results.labels, scores=results.scores,
-                     masks=results.masks, keypoints=keypoints)
+    return results.with_fields(image_size=tuple(int(v) for v in to_size), boxes=boxes, keypoints=keypoints)
 
 
 def postprocess_instances(
@@ -237,10 +236,11 @@ def postprocess_instances(
 ) -> Instances:
     """Detections of one resized image mapped to its original size.
 
-    Boxes and keypoints are rescaled (:func:`rescale_instances`); (N, 1, M, M) mask probabilities,
-    when present, are pasted into (N, H, W) bool masks at the original size.
+    Boxes and keypoints are rescaled (:func:`rescale_instances`); (N, M, M) ``mask_probs``, when
+    present, are pasted into (N, H, W) bool ``masks`` at the original size (and dropped).
     """
     out = rescale_instances(results, results.image_size, original_size)
-    if isinstance(out.masks, Tensor) and out.masks.dim() == 4:
-        out = out.with_fields(masks=paste_masks_in_image(out.masks, out.boxes.tensor, out.image_size, mask_threshold))
+    if out.mask_probs is not None:
+        masks = paste_masks_in_image(out.mask_probs[:, None], out.boxes.tensor, out.image_size, mask_threshold)
+        out = out.with_fields(masks=masks, mask_probs=None)
     return out

@@ -1,4 +1,4 @@
-"""Faster R-CNN and Mask R-CNN: backbone (+ FPN), RPN, RoI heads, and the detector contract.
+"""Faster R-CNN and Mask R-CNN: backbone (+ FPN), RPN and RoI heads inside the detector shell.
 
 ``build_rcnn(cfg)`` assembles the model a ``ModelConfig`` describes, in either the FPN layout
 (torchvision's fasterrcnn/maskrcnn_resnet50_fpn, v1 and v2) or detectron2's C4 layout (RPN on
@@ -7,15 +7,15 @@ res4, res5 as the RoI head).
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from swiftdet.config.schema import ModelConfig
-from swiftdet.errors import ConfigError, InputError
+from swiftdet.errors import ConfigError
 from swiftdet.model.anchors import AnchorGenerator
 from swiftdet.model.backbone import FPN, ResNet, build_fpn, build_resnet, make_resnet_stage
 from swiftdet.model.box_coder import BoxCoder
+from swiftdet.model.detector import Detector, check_targets, shell_settings
 from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
-from swiftdet.model.postprocess import postprocess_instances
 from swiftdet.model.roi_heads import BoxHead, BoxPredictor, MaskHead, MultiScaleRoIPooler, Res5BoxHead, RoIHeads
 from swiftdet.model.rpn import RPN, RPNHead
 from swiftdet.structures import ImageList, Instances
@@ -23,113 +23,51 @@ from swiftdet.structures import ImageList, Instances
 __all__ = ["GeneralizedRCNN", "build_rcnn"]
 
 
-class GeneralizedRCNN(nn.Module):
-    """Backbone, optional FPN, RPN and RoI heads, with the pre/post-processing of the detector contract."""
+class GeneralizedRCNN(Detector):
+    """Backbone, optional FPN, RPN and RoI heads inside the detector shell (swiftdet.model.detector).
 
-    def __init__(
-        self,
-        cfg: ModelConfig,
-        backbone: ResNet,
-        fpn: FPN | None,
-        rpn: RPN,
-        roi_heads: RoIHeads,
-        size_divisibility: int = 32,
-    ):
-        super().__init__()
-        self.cfg = cfg
+    Args:
+        backbone: bottom-up network, a features dict from a (B, 3, H, W) batch.
+        fpn: pyramid over the backbone's features, or None (C4 layout).
+        rpn: proposals from the features.
+        roi_heads: box (and mask) heads on the proposals.
+        **shell: the :class:`Detector` settings (normalisation, padding, mask threshold).
+    """
+
+    def __init__(self, *, backbone: ResNet, fpn: FPN | None, rpn: RPN, roi_heads: RoIHeads, **shell):
+        super().__init__(num_classes=roi_heads.num_classes, **shell)
         self.backbone = backbone
         self.fpn = fpn
         self.rpn = rpn
         self.roi_heads = roi_heads
-        self.size_divisibility = size_divisibility
-        self.input_format = cfg.input_format
-        # Not in the state_dict: they come from the config.
-        self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
 
     @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
+    def score_thresh(self) -> float:
+        return self.roi_heads.score_thresh
 
-    def preprocess(self, images: list[Tensor], original_sizes: list[tuple[int, int]] | None = None) -> ImageList:
-        """(3, H_i, W_i) RGB 0-255 images -> normalised, padded batch on the model's device.
+    @score_thresh.setter
+    def score_thresh(self, value: float) -> None:
+        self.roi_heads.score_thresh = value
 
-        ``original_sizes``: the (h, w) each image had before resizing (default: as given).
-        """
-        normalised = []
-        for i, img in enumerate(images):
-            if img.dim() != 3 or img.shape[0] != 3:
-                raise InputError(
-                    f"Image {i} of the batch has shape {tuple(img.shape)}; the model expects (3, H, W) RGB tensors with values 0-255. "
-                    "Convert grayscale or RGBA images to RGB and put channels first."
-                )
-            x = img.to(self.device, torch.float32, non_blocking=True)
-            if self.input_format == "BGR":
-                x = x.flip(0)
-            normalised.append((x - self.pixel_mean) / self.pixel_std)
-        if original_sizes is None:
-            original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-        return ImageList.from_tensors(normalised, self.size_divisibility, 0.0, original_sizes)
-
-    def extract_features(self, images: ImageList) -> dict[str, Tensor]:
-        features = self.backbone(images.tensor)
+    def extract_features(self, images: Tensor) -> dict[str, Tensor]:
+        features = self.backbone(images)
         if self.fpn is not None:
             features = self.fpn(features)
         return features
 
-    def forward(self, images: ImageList, targets: list[Instances] | None = None):
-        """Training: dict of scalar losses. Eval: per-image Instances in resized-image coordinates."""
-        if self.training:
-            if targets is None or len(targets) != len(images):
-                raise InputError("Training a detector needs one target Instances per image (got "
-                                 f"{'none' if targets is None else len(targets)} for {len(images)} images).")
-            self._check_targets(targets)
-            targets = [t.to(self.device) for t in targets]
+    def core(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
         features = self.extract_features(images)
-        proposals, rpn_losses = self.rpn(images, features, targets if self.training else None)
-        results, roi_losses = self.roi_heads(features, proposals, images.image_sizes, targets if self.training else None)
-        if self.training:
-            return {**rpn_losses, **roi_losses}
-        return results
+        proposals, _ = self.rpn(images, image_sizes, features)
+        return self.roi_heads(features, proposals, image_sizes)
 
-    def _check_targets(self, targets: list[Instances]) -> None:
-        labels = [t.labels for t in targets if t.labels is not None and len(t) > 0]
-        if any(t.labels is None for t in targets):
-            raise InputError("Every training target needs labels (Instances.labels).")
-        if self.roi_heads.mask_on and any(t.masks is None for t in targets):
-            raise InputError("Mask R-CNN training needs masks (Instances.masks) in every target; "
-                             "set model.mask_on=false to train boxes only.")
-        if labels:
-            all_labels = torch.cat([lab.cpu() for lab in labels])
-            lo, hi = int(all_labels.min()), int(all_labels.max())
-            if lo < 0 or hi >= self.roi_heads.num_classes:
-                raise InputError(
-                    f"Target labels span [{lo}, {hi}] but model.num_classes is {self.roi_heads.num_classes}: labels "
-                    "must be contiguous indices 0..num_classes-1. Check the dataset's category mapping or model.num_classes."
-                )
+    def losses(self, images: ImageList, targets: list[Instances]) -> dict[str, Tensor]:
+        sizes = torch.tensor(images.image_sizes, dtype=torch.int64, device=images.tensor.device).reshape(-1, 2)
+        features = self.extract_features(images.tensor)
+        proposals, rpn_losses = self.rpn(images.tensor, sizes, features, targets)
+        return {**rpn_losses, **self.roi_heads(features, proposals, sizes, targets)}
 
-    def postprocess(self, results: list[Instances], images: ImageList) -> list[Instances]:
-        """Rescale to the original image sizes; paste masks as (N, H, W) bool at the original size.
-
-        Boxes scale by float32 per-axis ratios and masks are pasted with those boxes, exactly as
-        torchvision does; the boxes are then clipped to the original image.
-        """
-        out = []
-        for r, orig in zip(results, images.original_sizes):
-            r = postprocess_instances(r, orig, self.cfg.mask_head.mask_threshold)
-            out.append(r.with_fields(boxes=r.boxes.clip(orig)))
-        return out
-
-    @torch.no_grad()
-    def predict(self, images: list[Tensor], original_sizes: list[tuple[int, int]] | None = None) -> list[Instances]:
-        """preprocess -> forward (eval) -> postprocess. Leaves the module's train/eval mode as it was."""
-        was_training = self.training
-        self.eval()
-        try:
-            batch = self.preprocess(images, original_sizes)
-            return self.postprocess(self(batch), batch)
-        finally:
-            self.train(was_training)
+    def check_targets(self, targets, num_images: int) -> list[Instances]:
+        return check_targets(targets, num_images, self.num_classes, needs_masks=self.roi_heads.mask_on)
 
 
 def _check(cond: bool, message: str) -> None:
@@ -219,4 +157,6 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
         mask_head=mask_head,
         mask_from_box_head=cfg.layout == "c4",
     )
-    return GeneralizedRCNN(cfg, backbone, fpn, rpn, roi_heads, size_divisibility)
+    return GeneralizedRCNN(
+        backbone=backbone, fpn=fpn, rpn=rpn, roi_heads=roi_heads, **shell_settings(cfg, size_divisibility)
+    )

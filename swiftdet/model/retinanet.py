@@ -8,18 +8,19 @@ torchvision's ``retinanet_resnet50_fpn_v2``. Inference and losses follow torchvi
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from swiftdet.config.schema import ModelConfig
-from swiftdet.errors import ConfigError, InputError
+from swiftdet.errors import ConfigError
 from swiftdet.model.anchors import AnchorGenerator
 from swiftdet.model.backbone import FPN, ResNet
 from swiftdet.model.box_coder import BoxCoder
 from swiftdet.model.dense_head import (
-    DenseDetector,
     build_backbone_and_fpn,
     batched_detections,
     conv_tower,
@@ -29,10 +30,11 @@ from swiftdet.model.dense_head import (
     logit,
     select_candidates,
 )
+from swiftdet.model.detector import Detector, shell_settings
 from swiftdet.model.matcher import Matcher
 from swiftdet.structures import ImageList, Instances
 
-__all__ = ["RetinaNet", "RetinaNetHead", "build_retinanet", "check_targets"]
+__all__ = ["RetinaNet", "RetinaNetHead", "build_retinanet"]
 
 
 class RetinaNetHead(nn.Module):
@@ -66,56 +68,75 @@ class RetinaNetHead(nn.Module):
         return logits, deltas
 
 
-def check_targets(targets: list[Instances] | None, num_images: int) -> list[Instances]:
-    """Targets for training: one Instances per image, boxes with positive width and height."""
-    if targets is None or len(targets) != num_images:
-        got = "no targets" if targets is None else f"{len(targets)} targets"
-        raise InputError(f"Training needs one target Instances per image: got {got} for {num_images} images.")
-    for i, t in enumerate(targets):
-        b = t.boxes.tensor
-        if b.numel() and bool(((b[:, 2:] <= b[:, :2]).any())):
-            bad = b[(b[:, 2:] <= b[:, :2]).any(dim=1)][0].tolist()
-            raise InputError(
-                f"Target boxes of image {i} in the batch include a box with zero or negative width or height "
-                f"({bad}, xyxy); drop such annotations when loading the dataset."
-            )
-    return targets
-
-
-class RetinaNet(DenseDetector):
+class RetinaNet(Detector):
     """RetinaNet detector (see the module docstring). Built by :func:`build_retinanet`.
 
     Args:
-        cfg: the model config (``cfg.retinanet`` holds the head, loss and inference settings).
         backbone: bottom-up network, features dict from a (B, 3, H, W) batch.
-        fpn: pyramid over the backbone's features producing ``cfg.retinanet.in_features``.
+        fpn: pyramid over the backbone's features producing ``in_features``.
         head: the :class:`RetinaNetHead`.
         anchor_generator: anchors of every level, in the head's output order.
+        in_features: the pyramid levels the head reads, finest first.
+        box_coder: anchor-relative box encoding.
+        matcher: anchor-to-ground-truth assignment by IoU.
+        focal_alpha, focal_gamma: sigmoid focal loss parameters.
+        box_loss: "smooth_l1", "l1" or "giou"; smooth_l1_beta: its beta (0 means L1).
+        score_thresh, topk_candidates, nms_thresh, detections_per_image: inference (per level:
+            candidates above the threshold, at most the top-k; then class-wise NMS and a cap).
+        **shell: the :class:`Detector` settings (normalisation, padding).
     """
 
-    def __init__(self, cfg: ModelConfig, backbone: ResNet, fpn: FPN, head: RetinaNetHead, anchor_generator: AnchorGenerator,
-                 size_divisibility: int = 32):
-        super().__init__(cfg, size_divisibility)
-        rc = cfg.retinanet
+    def __init__(
+        self,
+        *,
+        backbone: ResNet,
+        fpn: FPN,
+        head: RetinaNetHead,
+        anchor_generator: AnchorGenerator,
+        in_features: Sequence[str],
+        box_coder: BoxCoder,
+        matcher: Matcher,
+        focal_alpha: float,
+        focal_gamma: float,
+        box_loss: str,
+        smooth_l1_beta: float,
+        score_thresh: float,
+        topk_candidates: int,
+        nms_thresh: float,
+        detections_per_image: int,
+        **shell,
+    ):
+        super().__init__(num_classes=head.num_classes, **shell)
         self.backbone = backbone
         self.fpn = fpn
         self.head = head
         self.anchor_generator = anchor_generator
-        self.in_features = tuple(rc.in_features)
-        self.num_classes = cfg.num_classes
-        self.box_coder = BoxCoder(rc.box_reg_weights)
-        self.matcher = Matcher(rc.fg_iou_thresh, rc.bg_iou_thresh, allow_low_quality_matches=True)
+        self.in_features = tuple(in_features)
+        self.box_coder = box_coder
+        self.matcher = matcher
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.box_loss = box_loss
+        self.smooth_l1_beta = smooth_l1_beta
+        self.score_thresh = score_thresh
+        self.topk_candidates = topk_candidates
+        self.nms_thresh = nms_thresh
+        self.detections_per_image = detections_per_image
 
-    def forward(self, images: ImageList, targets: list[Instances] | None = None) -> dict[str, Tensor] | list[Instances]:
-        """Losses (training) or detections in the resized images' coordinates (eval)."""
-        pyramid = self.fpn(self.backbone(images.tensor))
+    def _head_outputs(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Per level (B, N_l, K) logits and (B, N_l, 4) deltas, and the (N, 4) anchors of all levels."""
+        pyramid = self.fpn(self.backbone(images))
         features = [pyramid[f] for f in self.in_features]
         logits, deltas = self.head(features)
-        anchors = self.anchor_generator(images, float32_shapes(features))[0]
-        if self.training:
-            targets = check_targets(targets, len(images))
-            return self.losses(torch.cat(logits, dim=1), torch.cat(deltas, dim=1), anchors, targets)
-        return self.inference(logits, deltas, anchors, images.image_sizes)
+        return logits, deltas, self.anchor_generator(images, float32_shapes(features))
+
+    def core(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
+        logits, deltas, anchors = self._head_outputs(images)
+        return self.inference(logits, deltas, anchors, image_sizes)
+
+    def losses(self, images: ImageList, targets: list[Instances]) -> dict[str, Tensor]:
+        logits, deltas, anchors = self._head_outputs(images.tensor)
+        return self.loss(torch.cat(logits, dim=1), torch.cat(deltas, dim=1), anchors, targets)
 
     def match(self, anchors: Tensor, targets: list[Instances]) -> tuple[Tensor, Tensor]:
         """Per anchor of each image: class (-1 background, -2 ignored) and matched box.
@@ -136,14 +157,13 @@ class RetinaNet(DenseDetector):
             boxes.append(gt[safe])
         return torch.stack(labels), torch.stack(boxes)
 
-    def losses(self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: list[Instances]) -> dict[str, Tensor]:
+    def loss(self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: list[Instances]) -> dict[str, Tensor]:
         """Focal loss and box loss, each normalised per image by its number of foreground anchors
         and averaged over images (torchvision's convention).
 
         Args:
             logits: (B, N, K); deltas: (B, N, 4); anchors: (N, 4).
         """
-        rc = self.cfg.retinanet
         logits, deltas = logits.float(), deltas.float()
         labels, matched_boxes = self.match(anchors, targets)
         foreground = labels >= 0
@@ -155,41 +175,39 @@ class RetinaNet(DenseDetector):
         cls_target = torch.zeros_like(logits)
         img_idx, anchor_idx = foreground.nonzero(as_tuple=True)
         cls_target[img_idx, anchor_idx, labels[img_idx, anchor_idx]] = 1.0
-        focal = sigmoid_focal_loss(logits, cls_target, alpha=rc.focal_alpha, gamma=rc.focal_gamma, reduction="none")
+        focal = sigmoid_focal_loss(logits, cls_target, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="none")
         per_anchor = focal.sum(dim=2) * valid
         loss_cls = (per_anchor.sum(dim=1) * weight).sum()
 
         pred = deltas[img_idx, anchor_idx]
         gt = matched_boxes[img_idx, anchor_idx]
         fg_anchors = anchors[anchor_idx]
-        if rc.box_loss == "giou":
+        if self.box_loss == "giou":
             per_box = generalized_box_iou_loss(self.box_coder.decode(pred, fg_anchors), gt, reduction="none", eps=1e-7)
         else:
             target = self.box_coder.encode(gt, fg_anchors)
-            if rc.box_loss == "l1" or rc.smooth_l1_beta == 0.0:
+            if self.box_loss == "l1" or self.smooth_l1_beta == 0.0:
                 per_box = F.l1_loss(pred, target, reduction="none").sum(dim=1)
             else:
-                per_box = F.smooth_l1_loss(pred, target, reduction="none", beta=rc.smooth_l1_beta).sum(dim=1)
+                per_box = F.smooth_l1_loss(pred, target, reduction="none", beta=self.smooth_l1_beta).sum(dim=1)
         loss_box = (per_box * weight[img_idx]).sum()
         return {"loss_cls": loss_cls, "loss_box": loss_box}
 
-    def inference(
-        self, logits: list[Tensor], deltas: list[Tensor], anchors: Tensor, image_sizes: list[tuple[int, int]]
-    ) -> list[Instances]:
-        """Detections per image: per level the top-k (anchor, class) pairs whose probability exceeds
+    def inference(self, logits: list[Tensor], deltas: list[Tensor], anchors: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
+        """Raw detections: per level the top-k (anchor, class) pairs whose probability exceeds
         ``score_thresh``, decoded, clipped, class-wise NMS, at most ``detections_per_image``.
 
         Args:
-            logits: per level (B, N_l, K); deltas: per level (B, N_l, 4); anchors: (N, 4) all levels.
+            logits: per level (B, N_l, K); deltas: per level (B, N_l, 4); anchors: (N, 4) all levels;
+            image_sizes: (B, 2) int64.
         """
-        rc = self.cfg.retinanet
         # sigmoid(x) > t  <=>  x > logit(t): threshold the logits so only candidates get a sigmoid.
-        img_idx, anchor_idx, labels, cand_logits = select_candidates(logits, logit(rc.score_thresh), rc.topk_candidates)
+        img_idx, anchor_idx, labels, cand_logits = select_candidates(logits, logit(self.score_thresh), self.topk_candidates)
         scores = torch.sigmoid(cand_logits.float())
         all_deltas = torch.cat(deltas, dim=1).float()
         boxes = self.box_coder.decode(all_deltas[img_idx, anchor_idx], anchors[anchor_idx])
         return batched_detections(
-            boxes, scores, labels, img_idx, image_sizes, self.num_classes, rc.nms_thresh, rc.detections_per_image
+            boxes, scores, labels, img_idx, image_sizes, self.num_classes, self.nms_thresh, self.detections_per_image
         )
 
 
@@ -210,4 +228,21 @@ def build_retinanet(cfg: ModelConfig, size_divisibility: int = 32) -> RetinaNet:
             "needs the same number on every level (same count of sizes per level)."
         )
     head = RetinaNetHead(fpn.out_channels, num_anchors[0], cfg.num_classes, rc.num_convs, rc.norm, rc.prior_prob)
-    return RetinaNet(cfg, backbone, fpn, head, anchor_generator, size_divisibility)
+    return RetinaNet(
+        backbone=backbone,
+        fpn=fpn,
+        head=head,
+        anchor_generator=anchor_generator,
+        in_features=rc.in_features,
+        box_coder=BoxCoder(rc.box_reg_weights),
+        matcher=Matcher(rc.fg_iou_thresh, rc.bg_iou_thresh, allow_low_quality_matches=True),
+        focal_alpha=rc.focal_alpha,
+        focal_gamma=rc.focal_gamma,
+        box_loss=rc.box_loss,
+        smooth_l1_beta=rc.smooth_l1_beta,
+        score_thresh=rc.score_thresh,
+        topk_candidates=rc.topk_candidates,
+        nms_thresh=rc.nms_thresh,
+        detections_per_image=rc.detections_per_image,
+        **shell_settings(cfg, size_divisibility),
+    )

@@ -12,13 +12,13 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import box_iou, clip_boxes_to_image, roi_align
+from torchvision.ops import box_iou, roi_align
 
-from swiftdet.model.box_coder import BoxCoder
+from swiftdet.model.box_coder import BoxCoder, clip_boxes
 from swiftdet.model.layers import ConvNormAct
 from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
-from swiftdet.model.nms import class_wise_nms
-from swiftdet.structures import Boxes, Instances
+from swiftdet.model.nms import per_image_nms
+from swiftdet.structures import Instances
 
 __all__ = ["BoxHead", "BoxPredictor", "MaskHead", "MultiScaleRoIPooler", "Res5BoxHead", "RoIHeads"]
 
@@ -63,9 +63,12 @@ class MultiScaleRoIPooler(nn.Module):
         self.canonical_level = canonical_level
 
     def forward(self, features: dict[str, Tensor], boxes: Sequence[Tensor]) -> Tensor:
-        """(R, C, S, S) pooled features of the boxes of every image, in order."""
+        """(R, C, S, S) pooled features of the per-image (R_i, 4) boxes of every image, in order."""
+        return self.pool(features, _boxes_to_rois(boxes))
+
+    def pool(self, features: dict[str, Tensor], rois: Tensor) -> Tensor:
+        """(R, C, S, S) pooled features of (R, 5) rois (batch index, x0, y0, x1, y1)."""
         feats = [features[f] for f in self.in_features]
-        rois = _boxes_to_rois(boxes)
         if len(feats) == 1:
             return roi_align(feats[0], rois, self.output_size, self.scales[0], self.sampling_ratio, self.aligned)
         area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
@@ -212,15 +215,20 @@ class RoIHeads(nn.Module):
         self,
         features: dict[str, Tensor],
         proposals: list[Tensor],
-        image_sizes: list[tuple[int, int]],
+        image_sizes: Tensor,
         targets: list[Instances] | None = None,
-    ) -> tuple[list[Instances], dict[str, Tensor]]:
-        """Eval: per-image detections (boxes, scores, 0-based labels, masks (N, 1, M, M)). Train: losses."""
+    ) -> dict[str, Tensor]:
+        """Training: the scalar losses. Eval: raw detections (see swiftdet.model.detector): boxes,
+        scores, 0-based labels, num_detections, and mask_probs (N, M, M) with a mask head.
+
+        Args:
+            proposals: per image (P_i, 4) boxes; image_sizes: (B, 2) int64 (height, width).
+        """
         if self.training:
             if targets is None:
                 raise ValueError("RoIHeads needs targets in training mode")
-            return [], self._losses(features, proposals, targets)
-        return self._inference(features, proposals, image_sizes), {}
+            return self._losses(features, proposals, targets)
+        return self._inference(features, proposals, image_sizes)
 
     # ---------------------------------------------------------------------------------- training
     def _sample(self, proposals: list[Tensor], targets: list[Instances]):
@@ -319,39 +327,36 @@ class RoIHeads(nn.Module):
         return F.binary_cross_entropy_with_logits(selected, gt)
 
     # --------------------------------------------------------------------------------- inference
-    def _inference(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]) -> list[Instances]:
+    def _inference(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
         # roi_align copies a channels-last input to contiguous on every call; with the box and the
         # mask pooler reading the same levels, copy once here instead (a no-op for NCHW features).
         features = {k: v.contiguous() for k, v in features.items()}
-        pooled = self.box_pooler(features, proposals)
-        class_logits, box_deltas = self.box_predictor(self.box_head(pooled))
+        rois = _boxes_to_rois(proposals)
+        image_of_roi = rois[:, 0].to(torch.int64)
+        class_logits, box_deltas = self.box_predictor(self.box_head(self.box_pooler.pool(features, rois)))
         num_slots = class_logits.shape[1]
-        boxes_all = self.box_coder.decode(box_deltas, torch.cat(proposals)).view(-1, num_slots, 4)
-        scores_all = F.softmax(class_logits, dim=-1)
-        counts = [p.shape[0] for p in proposals]
-        results = []
-        for boxes, scores, image_size in zip(boxes_all.split(counts), scores_all.split(counts), image_sizes):
-            boxes = clip_boxes_to_image(boxes, image_size)[:, 1:].reshape(-1, 4)
-            # 1-based during NMS (the same class ids torchvision feeds batched_nms), 0-based after.
-            labels = torch.arange(1, num_slots, device=scores.device).repeat(scores.shape[0])
-            scores = scores[:, 1:].reshape(-1)
-            wh = boxes[:, 2:] - boxes[:, :2]
-            keep = torch.nonzero((scores > self.score_thresh) & (wh >= 1e-2).all(dim=1)).squeeze(1)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = class_wise_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_image]
-            results.append(Instances(image_size, boxes=Boxes(boxes[keep]), labels=labels[keep] - 1, scores=scores[keep]))
+        boxes = self.box_coder.decode(box_deltas, rois[:, 1:]).view(-1, num_slots, 4)
+        boxes = clip_boxes(boxes, image_sizes[image_of_roi][:, None, :])[:, 1:].reshape(-1, 4)
+        scores = F.softmax(class_logits, dim=-1)[:, 1:].reshape(-1)
+        # 1-based during NMS (the same class ids torchvision feeds batched_nms), 0-based after.
+        labels = torch.arange(1, num_slots, device=scores.device).repeat(class_logits.shape[0])
+        image_idx = image_of_roi.repeat_interleave(num_slots - 1)
+        wh = boxes[:, 2:] - boxes[:, :2]
+        cand = torch.nonzero((scores > self.score_thresh) & (wh >= 1e-2).all(dim=1)).squeeze(1)
+        boxes, scores, labels, image_idx = boxes[cand], scores[cand], labels[cand], image_idx[cand]
+        keep, counts = per_image_nms(
+            boxes, scores, labels, image_idx, image_sizes.shape[0], num_slots, self.nms_thresh, self.detections_per_image
+        )
+        raw = {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep] - 1, "num_detections": counts}
         if self.mask_on:
-            self._attach_masks(features, results)
-        return results
+            raw["mask_probs"] = self._mask_probs(features, torch.cat([image_idx[keep, None].to(boxes.dtype), raw["boxes"]], 1), labels[keep])
+        return raw
 
-    def _attach_masks(self, features: dict[str, Tensor], results: list[Instances]) -> None:
-        boxes = [r.boxes.tensor for r in results]
+    def _mask_probs(self, features: dict[str, Tensor], rois: Tensor, slots: Tensor) -> Tensor:
+        """(N, M, M) probabilities of the mask of each detection's class (``slots``, 1-based)."""
         if self.mask_from_box_head:
-            mask_features = self.box_head.res5(self.box_pooler(features, boxes))
+            mask_features = self.box_head.res5(self.box_pooler.pool(features, rois))
         else:
-            mask_features = self.mask_pooler(features, boxes)
+            mask_features = self.mask_pooler.pool(features, rois)
         logits = self.mask_head(mask_features)
-        labels = torch.cat([r.labels for r in results]) + 1
-        probs = logits[torch.arange(labels.numel(), device=labels.device), labels][:, None].sigmoid()
-        for r, p in zip(results, probs.split([len(r) for r in results])):
-            r.masks = p
+        return logits[torch.arange(slots.numel(), device=slots.device), slots].sigmoid()

@@ -11,14 +11,14 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import box_iou, clip_boxes_to_image
+from torchvision.ops import box_iou
 
 from swiftdet.model.anchors import AnchorGenerator
-from swiftdet.model.box_coder import BoxCoder
+from swiftdet.model.box_coder import BoxCoder, clip_boxes
 from swiftdet.model.layers import ConvNormAct
 from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
 from swiftdet.model.nms import class_wise_nms
-from swiftdet.structures import ImageList, Instances
+from swiftdet.structures import Instances
 
 __all__ = ["RPN", "RPNHead"]
 
@@ -59,8 +59,8 @@ def _flatten_levels(logits: list[Tensor], deltas: list[Tensor]) -> tuple[Tensor,
 class RPN(nn.Module):
     """Region proposal network over the feature maps named ``in_features``.
 
-    ``forward(images, features, targets)`` returns (per-image (P_i, 4) proposals sorted by
-    decreasing objectness, losses) where losses is empty outside training.
+    ``forward(images, image_sizes, features, targets)`` returns (per-image (P_i, 4) proposals
+    sorted by decreasing objectness, losses) where losses is empty outside training.
     """
 
     def __init__(
@@ -95,16 +95,24 @@ class RPN(nn.Module):
         self.loss_weight = loss_weight
 
     def forward(
-        self, images: ImageList, features: dict[str, Tensor], targets: list[Instances] | None = None
+        self, images: Tensor, image_sizes: Tensor, features: dict[str, Tensor], targets: list[Instances] | None = None
     ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Proposals of each image and, in training, the RPN losses.
+
+        Args:
+            images: the (B, C, H, W) padded batch (only its shape is read, for the anchors).
+            image_sizes: (B, 2) int64 (height, width) of each image inside the batch.
+        Returns:
+            per image (P_i, 4) proposals sorted by decreasing objectness; losses (empty outside training).
+        """
         feats = [features[f] for f in self.in_features]
         logits, deltas = self.head(feats)
-        anchors = self.anchor_generator(images, feats)[0]
+        anchors = self.anchor_generator(images, feats)
         num_per_level = [lg.shape[1] * lg.shape[2] * lg.shape[3] for lg in logits]
         objectness, pred_deltas = _flatten_levels(logits, deltas)
         b = objectness.shape[0]
         proposals = self.box_coder.decode(pred_deltas.detach().reshape(-1, 4), anchors.repeat(b, 1)).view(b, -1, 4)
-        boxes = self._select_proposals(proposals, objectness.detach(), images.image_sizes, num_per_level)
+        boxes = self._select_proposals(proposals, objectness.detach(), image_sizes, num_per_level)
         losses: dict[str, Tensor] = {}
         if self.training:
             if targets is None:
@@ -113,7 +121,7 @@ class RPN(nn.Module):
         return boxes, losses
 
     def _select_proposals(
-        self, proposals: Tensor, objectness: Tensor, image_sizes: list[tuple[int, int]], num_per_level: list[int]
+        self, proposals: Tensor, objectness: Tensor, image_sizes: Tensor, num_per_level: list[int]
     ) -> list[Tensor]:
         pre_nms = self.pre_nms_topk[self.training]
         post_nms = self.post_nms_topk[self.training]
@@ -129,11 +137,10 @@ class RPN(nn.Module):
         levels = torch.cat(level_ids)
         batch_idx = torch.arange(b, device=objectness.device)[:, None]
         scores = objectness[batch_idx, top_idx].sigmoid()
-        proposals = proposals[batch_idx, top_idx]
+        proposals = clip_boxes(proposals[batch_idx, top_idx], image_sizes[:, None, :])
 
         out = []
-        for boxes, s, image_size in zip(proposals, scores, image_sizes):
-            boxes = clip_boxes_to_image(boxes, image_size)
+        for boxes, s in zip(proposals, scores):
             wh = boxes[:, 2:] - boxes[:, :2]
             keep = (wh >= self.min_box_size).all(dim=1) & (s >= self.score_thresh)
             keep = torch.nonzero(keep).squeeze(1)

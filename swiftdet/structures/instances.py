@@ -28,8 +28,10 @@ class Instances:
         labels: (N,) int64 contiguous class indices in [0, num_classes).
         scores: (N,) float confidence (predictions only).
         masks: polygons or (N, H, W) bitmaps (targets), or for predictions (N, H, W) bool masks
-            pasted in the image, or (N, 1, M, M) mask probabilities before pasting.
+            pasted in the image.
         keypoints: (N, K, 3) keypoints.
+        mask_probs: (N, M, M) float mask probabilities in the detection's box, before pasting
+            (a mask head's raw output; ``postprocess`` turns them into ``masks``).
     """
 
     image_size: tuple[int, int]
@@ -38,6 +40,7 @@ class Instances:
     scores: Tensor | None = None
     masks: Masks | Tensor | None = None
     keypoints: Keypoints | None = None
+    mask_probs: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = len(self.boxes)

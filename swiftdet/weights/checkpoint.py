@@ -166,18 +166,15 @@ def _class_counts(model_dim: int, file_dim: int, num_classes: int) -> set[int]:
     return counts
 
 
-def class_dependent_keys(model: nn.Module) -> set[str]:
-    """Keys of ``model``'s tensors whose shape depends on ``model.cfg.num_classes``.
+def class_dependent_keys(model: nn.Module, cfg: "ModelConfig") -> set[str]:
+    """Keys of ``model``'s tensors whose shape depends on ``cfg.num_classes`` (``model`` being the
+    detector ``cfg`` builds).
 
     Found by building the same architecture with one class more on the meta device (no memory,
-    no initialisation) and comparing shapes. A model without a ModelConfig has none.
+    no initialisation) and comparing shapes.
     """
-    from swiftdet.config.schema import ModelConfig
     from swiftdet.model.build import build_model
 
-    cfg = getattr(model, "cfg", None)
-    if not isinstance(cfg, ModelConfig):
-        return set()
     with torch.device("meta"):
         other = build_model(dataclasses.replace(cfg, num_classes=cfg.num_classes + 1)).state_dict()
     own = model.state_dict()
@@ -246,13 +243,16 @@ def match_state_dict(
     return report
 
 
-def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, *, strict_arch: bool = True,
-                    sha256: str | None = None, allow_pickle: bool = False) -> LoadReport:
+def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, *, model_cfg: "ModelConfig | None" = None,
+                    strict_arch: bool = True, sha256: str | None = None, allow_pickle: bool = False) -> LoadReport:
     """Load a swiftdet checkpoint or a bare state_dict into ``model``.
 
     Args:
         model: the model to fill (in place).
         path_or_url: local file or URL (downloaded into the cache, see :func:`cached_path`).
+        model_cfg: the config ``model`` was built from. With it, the class-dependent layers of a
+            file trained with another number of classes are skipped (fine-tuning); without it
+            every shape must match.
         strict_arch: refuse files for another architecture: fewer than half of the model's tensors
             in the file, or shape mismatches outside the class-dependent layers. With False,
             whatever fits is loaded and the rest reported.
@@ -272,10 +272,10 @@ def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, *, strict_
     file_classes = None
     if isinstance(config, dict):
         file_classes = (config.get("model") or {}).get("num_classes")
-    cfg = getattr(model, "cfg", None)
-    report = match_state_dict(model.state_dict(), state_dict, source, num_classes=getattr(cfg, "num_classes", None),
-                              class_keys=class_dependent_keys(model), strict_arch=strict_arch,
-                              file_num_classes=file_classes)
+    num_classes = model_cfg.num_classes if model_cfg is not None else getattr(model, "num_classes", None)
+    class_keys = class_dependent_keys(model, model_cfg) if model_cfg is not None else set()
+    report = match_state_dict(model.state_dict(), state_dict, source, num_classes=num_classes,
+                              class_keys=class_keys, strict_arch=strict_arch, file_num_classes=file_classes)
     model.load_state_dict({k: state_dict[k] for k in report.loaded}, strict=False)
     report.config, report.meta = config, meta
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT and "iteration" in obj:
@@ -348,7 +348,7 @@ def load_initial_weights(model: nn.Module, cfg: "ModelConfig", weights: str | os
     """
     source = weights or cfg.weights
     if source:
-        report = load_checkpoint(model, source)
+        report = load_checkpoint(model, source, model_cfg=cfg)
         if require_complete and not report.complete:
             raise WeightsError(
                 f"Weights '{source}' do not fill this model exactly: {report.summary()} Use the config the weights "

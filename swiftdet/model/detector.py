@@ -1,0 +1,208 @@
+"""The detector contract every architecture implements, and the shell that all of them share.
+
+A detector is a tensor-only core inside a thin shell::
+
+    images (list of (3, H_i, W_i) RGB 0-255)
+      -> preprocess        -> ImageList: (B, 3, H, W) normalised, zero-padded batch + sizes
+      -> core(batch, sizes) -> raw tensors (below): what export and compile trace
+      -> unpack            -> per-image Instances in the resized images' coordinates
+      -> postprocess       -> per-image Instances in the original images' coordinates
+
+Raw detections (``core``'s output), for a batch of B images holding N detections in all:
+
+    boxes           (N, 4) float32 xyxy, in the padded batch's pixels, clipped to each image
+    scores          (N,) float32
+    labels          (N,) int64 in [0, num_classes)
+    num_detections  (B,) int64; detections are grouped by image, each image's by decreasing score
+    mask_probs      (N, M, M) float32 mask probabilities of the detected class (mask models only)
+
+Subclasses provide ``core`` and ``losses`` and expose ``score_thresh`` (read and set by the
+predictor) and ``num_classes``; the rest lives here once, so every architecture normalises, pads,
+checks its inputs and maps results back the same way.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from swiftdet.config.schema import ModelConfig
+from swiftdet.errors import InputError
+from swiftdet.model.postprocess import postprocess_instances
+from swiftdet.structures import Boxes, ImageList, Instances
+
+__all__ = ["Detector", "check_targets", "shell_settings", "unpack_detections"]
+
+
+def shell_settings(cfg: ModelConfig, size_divisibility: int = 32) -> dict:
+    """The :class:`Detector` keyword arguments a model config gives (for the builders)."""
+    return dict(
+        pixel_mean=tuple(cfg.pixel_mean),
+        pixel_std=tuple(cfg.pixel_std),
+        input_format=cfg.input_format,
+        size_divisibility=size_divisibility,
+        mask_threshold=cfg.mask_head.mask_threshold,
+    )
+
+
+def check_targets(targets: Sequence[Instances] | None, num_images: int, num_classes: int, *, needs_masks: bool = False) -> list[Instances]:
+    """Training targets: one Instances per image, with labels in [0, num_classes) and boxes of
+    positive width and height (and masks when ``needs_masks``)."""
+    if targets is None or len(targets) != num_images:
+        got = "no targets" if targets is None else f"{len(targets)} targets"
+        raise InputError(f"Training needs one target Instances per image: got {got} for {num_images} images.")
+    for i, t in enumerate(targets):
+        if t.labels is None:
+            raise InputError("Every training target needs labels (Instances.labels).")
+        if needs_masks and t.masks is None:
+            raise InputError("Mask R-CNN training needs masks (Instances.masks) in every target; "
+                             "set model.mask_on=false to train boxes only.")
+        if len(t) == 0:
+            continue
+        lo, hi = int(t.labels.min()), int(t.labels.max())
+        if lo < 0 or hi >= num_classes:
+            raise InputError(
+                f"Target labels span [{lo}, {hi}] but model.num_classes is {num_classes}: labels must be contiguous "
+                "indices 0..num_classes-1. Check the dataset's category mapping or model.num_classes."
+            )
+        b = t.boxes.tensor
+        degenerate = (b[:, 2:] <= b[:, :2]).any(dim=1)
+        if bool(degenerate.any()):
+            raise InputError(
+                f"Target boxes of image {i} in the batch include a box with zero or negative width or height "
+                f"({b[degenerate][0].tolist()}, xyxy); drop such annotations when loading the dataset."
+            )
+    return list(targets)
+
+
+def unpack_detections(raw: dict[str, Tensor], image_sizes: Sequence[tuple[int, int]]) -> list[Instances]:
+    """Raw detections (see the module docstring) -> one Instances per image (``mask_probs`` kept)."""
+    counts = raw["num_detections"].tolist()
+    fields = {"boxes": raw["boxes"], "scores": raw["scores"], "labels": raw["labels"]}
+    if "mask_probs" in raw:
+        fields["mask_probs"] = raw["mask_probs"]
+    split = {k: v.split(counts) for k, v in fields.items()}
+    out = []
+    for i, size in enumerate(image_sizes):
+        per_image = {k: v[i] for k, v in split.items()}
+        per_image["boxes"] = Boxes(per_image["boxes"])
+        out.append(Instances(tuple(int(s) for s in size), **per_image))
+    return out
+
+
+class Detector(nn.Module, ABC):
+    """Shell of every detector: preprocess, forward (losses or detections), postprocess, predict.
+
+    Args:
+        num_classes: foreground classes (K).
+        pixel_mean, pixel_std: per-channel normalisation of 0-255 pixels, in ``input_format`` order.
+        input_format: "RGB" or "BGR": the channel order the weights expect (inputs are RGB).
+        size_divisibility: the batch is padded to multiples of this.
+        mask_threshold: a pasted mask pixel is foreground where its probability exceeds this.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        input_format: str = "RGB",
+        size_divisibility: int = 32,
+        mask_threshold: float = 0.5,
+    ):
+        super().__init__()
+        if input_format not in ("RGB", "BGR"):
+            raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}")
+        self.num_classes = num_classes
+        self.input_format = input_format
+        self.size_divisibility = size_divisibility
+        self.mask_threshold = mask_threshold
+        # In 0-255 units and float64, so that the 0-1 values below round exactly as torchvision's
+        # (its mean/std are Python floats in 0-1 units). Not part of the state dict.
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float64).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float64).view(3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------------ what subclasses give
+    score_thresh: float  # detections scoring at most this are dropped before NMS and the top-k
+
+    @abstractmethod
+    def core(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
+        """(B, 3, H, W) normalised batch and its (B, 2) int64 (height, width) image sizes -> raw
+        detections (module docstring). Tensors in, tensors out: this is what export traces."""
+
+    @abstractmethod
+    def losses(self, images: ImageList, targets: list[Instances]) -> dict[str, Tensor]:
+        """Scalar training losses of a batch whose targets passed :func:`check_targets`."""
+
+    def check_targets(self, targets: Sequence[Instances] | None, num_images: int) -> list[Instances]:
+        return check_targets(targets, num_images, self.num_classes)
+
+    # ------------------------------------------------------------------------------ the shell
+    def preprocess(self, images: Sequence[Tensor], original_sizes: Sequence[tuple[int, int]] | None = None) -> ImageList:
+        """(3, H_i, W_i) RGB 0-255 images -> normalised, zero-padded batch on the model's device.
+
+        ``original_sizes``: the (h, w) each image had before resizing (default: as given);
+        results are mapped back to them.
+
+        Normalisation is done in 0-1 units, ``(x / 255 - mean / 255) / (std / 255)``: the same
+        float32 operations as torchvision's GeneralizedRCNNTransform, so converted torchvision
+        models see bit-identical inputs (a deep network amplifies even 1-ulp differences).
+        """
+        if len(images) == 0:
+            raise InputError("preprocess got an empty list of images; pass at least one (3, H, W) image tensor.")
+        if original_sizes is not None and len(original_sizes) != len(images):
+            raise InputError(
+                f"preprocess got {len(images)} images but {len(original_sizes)} original sizes; pass one "
+                "(height, width) per image or none."
+            )
+        mean = (self.pixel_mean / 255.0).float()
+        std = (self.pixel_std / 255.0).float()
+        normalised = []
+        for i, img in enumerate(images):
+            if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3:
+                shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
+                raise InputError(
+                    f"Image {i} of the batch has shape {shape}; the model expects (3, H, W) RGB tensors with values "
+                    "0-255. Convert grayscale or RGBA images to RGB and put channels first."
+                )
+            x = img.to(self.device, torch.float32, non_blocking=True)
+            if self.input_format == "BGR":
+                x = x.flip(0)
+            normalised.append((x / 255.0 - mean) / std)
+        return ImageList.from_tensors(normalised, self.size_divisibility, 0.0, original_sizes)
+
+    def forward(self, images: ImageList, targets: Sequence[Instances] | None = None):
+        """Training: dict of scalar losses. Eval: per-image Instances in the resized images'
+        coordinates (boxes, scores, labels, and ``mask_probs`` for mask models)."""
+        if self.training:
+            targets = self.check_targets(targets, len(images))
+            return self.losses(images, [t.to(self.device) for t in targets])
+        sizes = torch.tensor(images.image_sizes, dtype=torch.int64, device=images.tensor.device).reshape(-1, 2)
+        return unpack_detections(self.core(images.tensor, sizes), images.image_sizes)
+
+    def postprocess(self, results: Sequence[Instances], images: ImageList) -> list[Instances]:
+        """Detections mapped to the original image sizes: boxes (and keypoints) scaled by float32
+        per-axis ratios as torchvision does, masks pasted with those boxes, boxes clipped."""
+        out = []
+        for r, orig in zip(results, images.original_sizes):
+            r = postprocess_instances(r, tuple(orig), self.mask_threshold)
+            out.append(r.with_fields(boxes=r.boxes.clip(r.image_size)))
+        return out
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Tensor], original_sizes: Sequence[tuple[int, int]] | None = None) -> list[Instances]:
+        """preprocess -> forward (eval) -> postprocess. Leaves the module's train/eval mode as it was."""
+        was_training = self.training
+        self.eval()
+        try:
+            batch = self.preprocess(images, original_sizes)
+            return self.postprocess(self(batch), batch)
+        finally:
+            self.train(was_training)

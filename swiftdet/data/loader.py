@@ -19,6 +19,7 @@ from swiftdet.data.dataset import DetectionDataset, ImageRecord
 from swiftdet.data.samplers import InferenceSampler, TrainBatchSampler
 from swiftdet.data.transforms import (
     Augmentation,
+    TestTransform,
     apply_augmentation,
     augmentation_rng,
     read_image,
@@ -72,8 +73,8 @@ class SampleMapper:
     """Turns (dataset index, global stream position) into a :class:`Sample`.
 
     Args:
-        training: draw an augmentation from (seed, position) with ``min_sizes``/``hflip_prob``;
-            otherwise resize to ``min_sizes[-1]`` without flipping.
+        training: draw an augmentation from (seed, position) with ``min_sizes``/``max_size``/
+            ``hflip_prob``; otherwise apply ``test_transform``.
         with_targets: build ``Sample.instances``.
     """
 
@@ -82,15 +83,21 @@ class SampleMapper:
         dataset: DetectionDataset,
         *,
         training: bool,
-        min_sizes: Sequence[int],
-        max_size: int,
+        min_sizes: Sequence[int] = (),
+        max_size: int = 0,
+        test_transform: TestTransform | None = None,
         hflip_prob: float = 0.0,
         seed: int = 0,
         keypoint_flip_map: Sequence[tuple[str, str]] = (),
         with_targets: bool = True,
     ):
+        if training and not min_sizes:
+            raise ValueError("a training SampleMapper needs min_sizes and max_size")
+        if not training and test_transform is None:
+            raise ValueError("a test SampleMapper needs its test_transform")
         self.dataset = dataset
         self.training = training
+        self.test_transform = test_transform
         self.min_sizes = tuple(int(s) for s in min_sizes)
         self.max_size = int(max_size)
         self.hflip_prob = float(hflip_prob)
@@ -105,7 +112,7 @@ class SampleMapper:
 
     def augmentation(self, position: int) -> Augmentation:
         if not self.training:
-            return Augmentation(self.min_sizes[-1], self.max_size, False)
+            return self.test_transform.augmentation
         return sample_augmentation(augmentation_rng(self.seed, position), self.min_sizes, self.max_size, self.hflip_prob)
 
     def __call__(self, index: int, position: int) -> Sample:
@@ -291,13 +298,12 @@ def build_test_loader(
     num_workers: int | None = None,
     with_targets: bool = True,
 ) -> TestLoader:
-    """Ordered, finite batches resized to ``input.min_size_test``/``max_size_test``; this rank gets
-    a contiguous shard, all ranks together every image exactly once."""
+    """Ordered, finite batches through the config's :class:`TestTransform`; this rank gets a
+    contiguous shard, all ranks together every image exactly once."""
     mapper = SampleMapper(
         dataset,
         training=False,
-        min_sizes=(cfg.input.min_size_test,),
-        max_size=cfg.input.max_size_test,
+        test_transform=TestTransform.from_config(cfg),
         keypoint_flip_map=cfg.data.keypoint_flip_map,
         with_targets=with_targets,
     )

@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from swiftdet.config.schema import Config
 from swiftdet.errors import InputError
 from swiftdet.structures import BitMasks, Boxes, Instances, Keypoints, PolygonMasks
 from swiftdet.structures.masks import polygons_to_bitmask, rle_to_bitmask
@@ -37,6 +38,7 @@ __all__ = [
     "resize_image",
     "resized_size",
     "sample_augmentation",
+    "TestTransform",
     "transform_instances",
 ]
 
@@ -181,6 +183,37 @@ class Augmentation:
     min_size: int
     max_size: int
     hflip: bool = False
+
+
+@dataclass(frozen=True)
+class TestTransform:
+    """The test-time transform: one object, used by evaluation (the test loader), ``predict``, the
+    demo and export, so that they can never resize differently.
+
+    Today it is the resize to ``min_size``/``max_size`` (:func:`resize_image`); the model
+    normalises and pads. Build it from a config with :meth:`from_config`.
+    """
+
+    min_size: int
+    max_size: int
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "TestTransform":
+        """The transform of ``cfg.input`` (``min_size_test``, ``max_size_test``)."""
+        return cls(int(cfg.input.min_size_test), int(cfg.input.max_size_test))
+
+    @property
+    def augmentation(self) -> Augmentation:
+        """The same resize as an :class:`Augmentation` (no flip), for images with annotations."""
+        return Augmentation(self.min_size, self.max_size, False)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of an image of this size after the transform."""
+        return resized_size(height, width, self.min_size, self.max_size)
+
+    def __call__(self, image: Tensor) -> Tensor:
+        """(3, H, W) float 0-255 image -> (3, H', W') resized, (H', W') = :meth:`output_size`."""
+        return resize_image(image, self.min_size, self.max_size)
 
 
 def augmentation_rng(seed: int, position: int) -> np.random.Generator:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from swiftdet.config.schema import Config
+from swiftdet.data.transforms import TestTransform, read_image
 from swiftdet.errors import ConfigError, InputError
 from swiftdet.model.layers import fuse_for_inference
 from swiftdet.structures import Instances
@@ -92,8 +93,6 @@ def to_rgb_tensor(image: ImageInput, name: str = "image") -> Tensor:
     Raises:
         InputError: anything else, naming the input.
     """
-    from swiftdet.data.transforms import read_image
-
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
     if isinstance(image, np.ndarray):
@@ -120,7 +119,7 @@ class Predictor:
     """A detector ready for inference on user images.
 
     Args:
-        cfg: the full config (model, and input.min_size_test / max_size_test for resizing).
+        cfg: the full config (model, and input.min_size_test / max_size_test: its TestTransform).
         weights: checkpoint path or URL (ours or a bare state_dict); None uses cfg.model.weights.
         device: 'cpu' or 'cuda[:N]'.
         score_thresh: keep detections scoring at least this (sets the architecture's score
@@ -143,19 +142,18 @@ class Predictor:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
         cfg = copy.deepcopy(cfg)
-        if score_thresh is not None:
-            if not 0.0 <= score_thresh <= 1.0:
-                raise ConfigError(f"score_thresh must be in [0, 1], got {score_thresh}.")
-            {"rcnn": cfg.model.box_head, "retinanet": cfg.model.retinanet, "fcos": cfg.model.fcos}[
-                cfg.model.arch
-            ].score_thresh = score_thresh
+        if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
+            raise ConfigError(f"score_thresh must be in [0, 1], got {score_thresh}.")
         if not (weights or cfg.model.weights):
             raise ConfigError("No weights to predict with: pass a checkpoint (--weights PATH_OR_URL) or set "
                               "model.weights in the config. Predictions of a randomly initialised model are noise.")
         self.cfg = cfg
+        self.test_transform = TestTransform.from_config(cfg)
         self.device = resolve_device(device)
         self.batch_size = batch_size
         model, report = build_model_with_weights(cfg, weights)
+        if score_thresh is not None:
+            model.score_thresh = score_thresh
         # The model as trained (for anything that saves weights) and the one that runs.
         self.source_model = model.to(self.device).eval()
         self.model = fuse_for_inference(self.source_model) if fast else self.source_model
@@ -184,16 +182,14 @@ class Predictor:
     def category_ids(self) -> list[int]:
         """Dataset category id of each label: the checkpoint's, else label + 1."""
         ids = self.meta.get("category_ids")
-        return list(ids) if ids else list(range(1, self.cfg.model.num_classes + 1))
+        return list(ids) if ids else list(range(1, self.model.num_classes + 1))
 
     def prepare(self, image: ImageInput, name: str = "image") -> tuple[Tensor, tuple[int, int]]:
-        """(resized (3, H', W') float tensor on the device, original (H, W)) of one input."""
-        from swiftdet.data.transforms import resize_image
-
+        """(resized (3, H', W') float tensor on the device, original (H, W)) of one input, through
+        the config's test transform (the one evaluation uses)."""
         rgb = to_rgb_tensor(image, name)
         original = (int(rgb.shape[1]), int(rgb.shape[2]))
-        resized = resize_image(rgb.to(self.device).float(), self.cfg.input.min_size_test, self.cfg.input.max_size_test)
-        return resized, original
+        return self.test_transform(rgb.to(self.device).float()), original
 
     @torch.no_grad()
     def __call__(self, images: ImageInput | Sequence[ImageInput]) -> list[Instances]:

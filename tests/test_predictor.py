@@ -209,3 +209,30 @@ def test_fast_path_is_default_and_plain_runs_the_trained_model(small_weights):
     assert torch.equal(a.labels, b.labels)
     torch.testing.assert_close(a.boxes.tensor, b.boxes.tensor, atol=1e-3, rtol=0)
     torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=0)
+
+
+def test_predict_and_evaluation_resize_images_identically(predictor, small_weights, tmp_path):
+    """The test loader (evaluation, the demo) and the predictor go through one TestTransform: the
+    same file gives the same resized tensor, also where max_size_test caps the scale."""
+    from swiftdet.data import DatasetMeta, DetectionDataset, build_test_loader
+    from swiftdet.data.transforms import TestTransform
+
+    cfg, _ = small_weights
+    records = []
+    for i, (h, w) in enumerate([(40, 60), (50, 130), (97, 41)]):
+        Image.fromarray(_rgb(h, w, seed=i)).save(tmp_path / f"{i}.png")
+        records.append({"file_name": f"{i}.png", "height": h, "width": w, "image_id": i + 1,
+                        "annotations": [{"bbox": [1, 1, 20, 20], "category_id": 0}]})
+    dataset = DetectionDataset.from_records(records, DatasetMeta(class_names=("a", "b", "c")),
+                                            image_root=str(tmp_path), verbose=False)
+    loader = build_test_loader(cfg, dataset, batch_size=1, num_workers=0, with_targets=False)
+    transform = TestTransform.from_config(cfg)
+    sizes = []
+    for batch in loader:
+        sample = batch[0]
+        resized, original = predictor.prepare(sample.file_name)
+        assert original == tuple(sample.original_size)
+        assert torch.equal(resized.cpu(), sample.image.float())
+        assert tuple(resized.shape[1:]) == transform.output_size(*original)
+        sizes.append(tuple(resized.shape[1:]))
+    assert sizes == [(64, 96), (36, 96), (96, 40)]  # floor of the scaled sides, as torchvision

@@ -17,7 +17,7 @@ import swiftdet
 from swiftdet.cli import train as train_cmd
 from swiftdet.config import schema
 from swiftdet.config.core import load_config
-from swiftdet.data.synth import generate_synthetic_coco
+from swiftdet.demo.synth import generate_synthetic_coco
 from swiftdet.engine.optim import IterationLRSchedule, build_optimizer
 from swiftdet.inference import Predictor
 from swiftdet.structures import Boxes, Instances

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from swiftdet.cli import demo as demo_cli
-from swiftdet.engine import demo as demo_engine
-from swiftdet.engine.demo import DEMO_IMAGE_SIZE, DRAW_SCALE, demo_config, run_demo
+from swiftdet.demo import app as demo_app
+from swiftdet.demo.app import DEMO_IMAGE_SIZE, DRAW_SCALE, demo_config, run_demo
 
 TINY = ["solver.max_iter=3", "solver.warmup_iters=1", "solver.log_period=1", "solver.ims_per_batch=2"]
 
@@ -56,7 +56,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 
 def test_demo_cli_prints_the_result(tmp_path, capsys, monkeypatch):
     # The real run_demo, on a dataset of a few images rather than the full demo's.
-    monkeypatch.setattr(demo_engine, "run_demo", functools.partial(run_demo, num_train=4, num_val=2))
+    monkeypatch.setattr(demo_app, "run_demo", functools.partial(run_demo, num_train=4, num_val=2))
     parser = argparse.ArgumentParser()
     demo_cli.add_arguments(parser)
     args = parser.parse_args(["--output", str(tmp_path / "cli"), *TINY, "solver.max_iter=1"])

@@ -12,7 +12,7 @@ import torchvision
 
 from swiftdet.cli import train as train_cmd
 from swiftdet.config.core import load_config
-from swiftdet.data.synth import generate_synthetic_coco
+from swiftdet.demo.synth import generate_synthetic_coco
 from swiftdet.engine.checkpoint import load_checkpoint_file
 from swiftdet.engine.run import build_detector, run_evaluation
 from swiftdet.errors import WeightsError

@@ -11,10 +11,11 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from swiftdet.cli import synth as synth_cli
-from swiftdet.data.synth import (
+from swiftdet.demo.synth import (
     SYNTH_CATEGORIES,
     SYNTH_KEYPOINT_FLIP_MAP,
     SYNTH_KEYPOINT_NAMES,
+    SYNTH_SHAPES,
     generate_synthetic_coco,
 )
 from swiftdet.errors import ConfigError, DatasetError
@@ -165,3 +166,12 @@ def test_unwritable_output_raises_dataset_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(DatasetError, match="a_file"):
         generate_synthetic_coco(blocker / "out", num_train=2, num_val=1)
+
+
+def test_synth_recipes_have_one_class_per_shape():
+    from swiftdet.config.core import load_config
+    from swiftdet.configs._synth import SYNTH_NUM_CLASSES
+
+    assert SYNTH_NUM_CLASSES == len(SYNTH_SHAPES) == len(SYNTH_CATEGORIES)
+    for recipe in ("demo_mask_rcnn", "synth_retinanet_R_18_FPN", "synth_fcos_R_18_FPN"):
+        assert load_config(recipe).model.num_classes == len(SYNTH_SHAPES)

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swiftdet.engine.demo import run_demo
+    from swiftdet.demo.app import run_demo
 
     result = run_demo(args.output, args.overrides)
     print(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from swiftdet.data.synth import SYNTH_SHAPES, generate_synthetic_coco
+from swiftdet.demo.synth import SYNTH_SHAPES, generate_synthetic_coco
 from swiftdet.errors import ConfigError
 
 NAME = "synth"

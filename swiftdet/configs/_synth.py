@@ -4,15 +4,17 @@ it in swiftdet_demo/data; or ``swiftdet synth swiftdet_demo/data --images 800 --
 from __future__ import annotations
 
 from swiftdet.config.schema import Config
-from swiftdet.data.synth import SYNTH_SHAPES
 
 SYNTH_SIZE = 128
+# The shapes of swiftdet.demo.synth.SYNTH_SHAPES (a recipe names the data it trains on; it does not
+# import the generator, which sits above the configs; tests/test_synth.py keeps the two in step).
+SYNTH_NUM_CLASSES = 5
 SYNTH_DATA = "swiftdet_demo/data"
 
 
 def synth_training(cfg: Config, *, max_iter: int = 600) -> Config:
     """Data paths, one input scale, AdamW + cosine, as in the demo."""
-    cfg.model.num_classes = len(SYNTH_SHAPES)
+    cfg.model.num_classes = SYNTH_NUM_CLASSES
     cfg.data.train.json = f"{SYNTH_DATA}/annotations/instances_train.json"
     cfg.data.train.image_root = SYNTH_DATA
     cfg.data.test.json = f"{SYNTH_DATA}/annotations/instances_val.json"

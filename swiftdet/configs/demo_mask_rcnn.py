@@ -1,6 +1,6 @@
 """The demo: a small Mask R-CNN (ResNet-18-FPN with BatchNorm, trained from scratch) that learns the
 synthetic shapes dataset on a CPU in minutes. ``swiftdet demo`` fills in the dataset paths and makes
-the data at 128x128 pixels (``swiftdet.engine.demo.DEMO_IMAGE_SIZE``)."""
+the data at 128x128 pixels (``swiftdet.demo.app.DEMO_IMAGE_SIZE``)."""
 from swiftdet.config.schema import Config
 from swiftdet.configs._base import rcnn_fpn
 from swiftdet.configs._synth import from_scratch_backbone, synth_training

@@ -21,7 +21,7 @@ import torch
 
 from swiftdet.config.core import load_config
 from swiftdet.config.schema import Config
-from swiftdet.data.synth import generate_synthetic_coco
+from swiftdet.demo.synth import generate_synthetic_coco
 from swiftdet.engine.checkpoint import CheckpointManager
 from swiftdet.engine.run import run_training
 

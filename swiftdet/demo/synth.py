@@ -148,6 +148,8 @@ def _check_params(
             f"Synthetic dataset: objects_per_image must be (min, max) with 1 <= min <= max, got {objects_per_image!r}."
         )
     return {
+        # A stable name of the generator (its module was swiftdet.data.synth), not an import path:
+        # changing it would make every cached demo dataset look stale and be drawn again.
         "generator": "swiftdet.data.synth",
         "version": GENERATOR_VERSION,
         "num_train": num_train,

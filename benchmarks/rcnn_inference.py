@@ -146,7 +146,7 @@ def agreement(tv_out: dict, ours_out, label_offset: int = 1) -> str:
     ok = True
     if "masks" in tv_out:
         probs = tv_out["masks"][:, 0]
-        differ = (probs > 0.5) != ours_out.masks[perm]
+        differ = (probs > 0.5) != ours_out.masks.tensor[perm]
         borderline = (probs - 0.5).abs() <= MASK_BORDER
         outside = int((differ & ~borderline).sum())
         parts.append(f"mask pixels differing {int(differ.sum())} (all within {MASK_BORDER:g} of the threshold: "

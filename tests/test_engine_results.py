@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from swiftdet.evaluation.results import instances_to_coco_results
-from swiftdet.structures import Boxes, Instances, Keypoints
+from swiftdet.structures import BitMasks, Boxes, Instances, Keypoints
 
 
 def test_boxes_masks_keypoints_in_coco_format():
@@ -21,7 +21,7 @@ def test_boxes_masks_keypoints_in_coco_format():
         boxes=Boxes(torch.tensor([[2.0, 1.0, 5.0, 3.0], [0.0, 4.0, 2.5, 6.0]])),
         labels=torch.tensor([1, 0]),
         scores=torch.tensor([0.9, 0.25]),
-        masks=masks,
+        masks=BitMasks(masks),
         keypoints=Keypoints(torch.arange(12, dtype=torch.float32).view(2, 2, 3)),
     )
     results = instances_to_coco_results(instances, 42, [7, 9], file_name="a.jpg")
@@ -39,7 +39,15 @@ def test_boxes_masks_keypoints_in_coco_format():
 
 def test_empty_and_unpasted_masks():
     assert instances_to_coco_results(Instances.empty((4, 4)), 1, [1]) == []
-    unpasted = Instances((4, 4), boxes=Boxes(torch.tensor([[0.0, 0.0, 2.0, 2.0]])), labels=torch.tensor([0]),
-                         scores=torch.tensor([0.5]), masks=torch.rand(1, 1, 28, 28))
+    one = dict(boxes=Boxes(torch.tensor([[0.0, 0.0, 2.0, 2.0]])), labels=torch.tensor([0]), scores=torch.tensor([0.5]))
+    unpasted = Instances((4, 4), **one, mask_probs=torch.rand(1, 28, 28))
     with pytest.raises(ValueError, match="postprocess"):
         instances_to_coco_results(unpasted, 1, [1])
+
+
+def test_masks_hold_one_kind_of_thing():
+    """Probabilities belong in mask_probs and pasted bool masks in BitMasks, never a bare tensor in masks."""
+    one = dict(boxes=Boxes(torch.tensor([[0.0, 0.0, 2.0, 2.0]])), labels=torch.tensor([0]), scores=torch.tensor([0.5]))
+    for raw in (torch.rand(1, 28, 28), torch.ones(1, 4, 4, dtype=torch.bool)):
+        with pytest.raises(TypeError, match="mask_probs"):
+            Instances((4, 4), **one, masks=raw)

@@ -21,7 +21,7 @@ from swiftdet.engine.evaluator import evaluate_model
 from swiftdet.engine.logging import setup_logger
 from swiftdet.engine.run import sync_batch_norm_if_distributed
 from swiftdet.engine.trainer import Trainer, prepare_output_dir, seed_everything, write_config
-from swiftdet.structures import Boxes, ImageList, Instances, PolygonMasks
+from swiftdet.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
 
 TOY_SIZE = 32
 TOY_CLASSES = 3
@@ -154,7 +154,7 @@ class ToyDetector(nn.Module):
                 scores=scores[i],
             )
             if self.cfg.mask_on:
-                inst.masks = masks[i:i + 1].sigmoid().expand(n, 1, MASK_SIZE, MASK_SIZE)
+                inst.mask_probs = masks[i, 0].sigmoid().expand(n, MASK_SIZE, MASK_SIZE)
             results.append(inst)
         return results
 
@@ -164,12 +164,13 @@ class ToyDetector(nn.Module):
             boxes = inst.boxes.tensor * torch.tensor([ow / w, oh / h, ow / w, oh / h], device=inst.boxes.tensor.device)
             boxes = Boxes(boxes).clip((oh, ow))
             masks = None
-            if inst.masks is not None:
+            if inst.mask_probs is not None:
                 masks = torch.zeros(len(inst), oh, ow, dtype=torch.bool)
                 for k, (x1, y1, x2, y2) in enumerate(boxes.tensor.round().int().tolist()):
                     if x2 > x1 and y2 > y1:
-                        pasted = F.interpolate(inst.masks[k:k + 1].float(), size=(y2 - y1, x2 - x1), mode="bilinear")
+                        pasted = F.interpolate(inst.mask_probs[k:k + 1, None], size=(y2 - y1, x2 - x1), mode="bilinear")
                         masks[k, y1:y2, x1:x2] = pasted[0, 0] >= 0.5
+                masks = BitMasks(masks)
             out.append(Instances((oh, ow), boxes=boxes, labels=inst.labels, scores=inst.scores, masks=masks))
         return out
 
@@ -242,8 +243,8 @@ def test_toy_detector_follows_the_contract():
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
     model.eval()
     out = model.predict([s.image for s in samples], [(64, 48), (32, 32)])
-    assert out[0].image_size == (64, 48) and out[0].masks.shape == (TOY_CLASSES, 64, 48)
-    assert out[0].masks.dtype == torch.bool and len(out[1]) == TOY_CLASSES
+    assert out[0].image_size == (64, 48) and out[0].masks.tensor.shape == (TOY_CLASSES, 64, 48)
+    assert isinstance(out[0].masks, BitMasks) and len(out[1]) == TOY_CLASSES
 
 
 def test_toy_loader_resumes_exactly():

@@ -77,7 +77,7 @@ def test_fast_path_gives_the_plain_detections(case):
         torch.testing.assert_close(f.boxes.tensor, p.boxes.tensor, rtol=0, atol=1e-3)
         torch.testing.assert_close(f.scores, p.scores, rtol=0, atol=1e-5)
         if p.masks is not None:
-            assert (p.masks == f.masks).float().mean().item() > 0.999
+            assert (p.masks.tensor == f.masks.tensor).float().mean().item() > 0.999
 
 
 def test_folding_is_exact_up_to_rounding_and_idempotent():

@@ -92,5 +92,5 @@ def test_postprocess_instances_pastes_masks_at_original_size():
     out = postprocess_instances(inst, (200, 240), mask_threshold=0.5)
     scaled = resize_boxes(boxes, [100, 120], [200, 240])
     assert torch.equal(out.boxes.tensor, scaled)
-    assert torch.equal(out.masks, tv_paste_masks(masks, scaled, (200, 240))[:, 0] > 0.5)
+    assert torch.equal(out.masks.tensor, tv_paste_masks(masks, scaled, (200, 240))[:, 0] > 0.5)
     assert out.mask_probs is None

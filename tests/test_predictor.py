@@ -14,6 +14,7 @@ from swiftdet.cli import predict as predict_cmd
 from swiftdet.config.core import config_to_dict, load_config
 from swiftdet.errors import ConfigError, InputError, WeightsError
 from swiftdet.inference import Predictor
+from swiftdet.structures import BitMasks
 from swiftdet.model.build import build_model
 from swiftdet.utils.io import atomic_torch_save
 from swiftdet.weights import make_checkpoint
@@ -55,7 +56,7 @@ def test_numpy_tensor_and_path_inputs_agree(predictor, tmp_path):
         got = predictor([other])[0]
         assert torch.equal(got.boxes.tensor, from_numpy[0].boxes.tensor)
     r = from_numpy[0]
-    assert len(r) == 5 and r.masks.shape == (5, 40, 60) and r.masks.dtype == torch.bool
+    assert len(r) == 5 and isinstance(r.masks, BitMasks) and r.masks.tensor.shape == (5, 40, 60)
     assert float(r.boxes.tensor[:, 0::2].max()) <= 60 and float(r.boxes.tensor[:, 1::2].max()) <= 40
     assert predictor.category_ids == [5, 7, 9] and predictor.class_names == ["a", "b", "c"]
 
@@ -96,7 +97,7 @@ def test_grayscale_rgba_16bit_and_tiny_images(predictor, tmp_path):
     assert torch.equal(predictor(sixteen)[0].boxes.tensor, expected)
     # Smaller than the network stride: resized up to the test size, results in 8x8 pixels.
     tiny = predictor(_rgb(8, 8))[0]
-    assert tiny.image_size == (8, 8) and tiny.masks.shape[1:] == (8, 8)
+    assert tiny.image_size == (8, 8) and tiny.masks.image_size == (8, 8)
     assert float(tiny.boxes.tensor.max()) <= 8
 
 

@@ -161,8 +161,8 @@ def test_matches_torchvision(kind):
     for f, e in zip(final, expected):
         assert_same_detections(e, f)
         if kind.startswith("mask"):
-            assert f.masks.dtype == torch.bool and f.masks.shape == (len(f),) + f.image_size
-            mismatch = (f.masks != (e["masks"][:, 0] > 0.5)).sum().item()
+            assert f.masks.tensor.dtype == torch.bool and f.masks.tensor.shape == (len(f),) + f.image_size
+            mismatch = (f.masks.tensor != (e["masks"][:, 0] > 0.5)).sum().item()
             assert mismatch <= (0 if kind == "mask_v1" else 20), mismatch
 
 
@@ -178,7 +178,7 @@ def test_full_pipeline_matches_torchvision():
     for r, e, im in zip(results, expected, images):
         assert r.image_size == tuple(im.shape[-2:])
         assert_same_detections(e, r, atol=1e-3)
-        agree = (r.masks == (e["masks"][:, 0] > 0.5)).float().mean().item()
+        agree = (r.masks.tensor == (e["masks"][:, 0] > 0.5)).float().mean().item()
         assert agree > 0.999, agree
 
 

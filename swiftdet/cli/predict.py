@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
                 boxes=shown.boxes.tensor.numpy(),
                 labels=shown.labels.numpy(),
                 scores=shown.scores.numpy(),
-                masks=shown.masks.numpy() if shown.masks is not None else None,
+                masks=shown.masks.tensor.numpy() if shown.masks is not None else None,
                 keypoints=shown.keypoints.tensor.numpy() if shown.keypoints is not None else None,
                 class_names=predictor.class_names,
             )

@@ -84,7 +84,7 @@ def draw_predictions(cfg: Config, weights: Path, out_dir: Path, num_images: int 
         instances = model.predict([sample.image], [tuple(sample.original_size)])[0]
         instances = instances[instances.scores >= score_threshold]
         image = read_image(sample.file_name).permute(1, 2, 0).numpy()  # (H, W, 3) uint8 at the original size
-        masks = instances.masks.numpy() if instances.masks is not None else None
+        masks = instances.masks.tensor.numpy() if instances.masks is not None else None
         drawn = draw_instances(
             _enlarge(image, scale, 0),
             boxes=instances.boxes.tensor.numpy() * scale,

@@ -13,16 +13,14 @@ __all__ = ["instances_to_coco_results"]
 
 
 def _mask_array(masks: object, count: int) -> np.ndarray:
-    """(N, H, W) bool numpy array from pasted predicted masks (a bool tensor or BitMasks)."""
-    if isinstance(masks, BitMasks):
-        masks = masks.tensor
-    if not isinstance(masks, torch.Tensor) or masks.dim() != 3 or masks.shape[0] != count:
-        shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+    """(N, H, W) bool numpy array from predicted masks pasted at the image size (BitMasks)."""
+    if not isinstance(masks, BitMasks) or len(masks) != count:
+        got = f"{len(masks)} BitMasks" if isinstance(masks, BitMasks) else type(masks).__name__
         raise ValueError(
-            f"instances_to_coco_results needs masks pasted at the image size, shape (N, H, W); got {shape}. "
+            f"instances_to_coco_results needs {count} masks pasted at the image size (BitMasks); got {got}. "
             "Call model.postprocess first."
         )
-    return masks.detach().to("cpu", torch.bool).numpy()
+    return masks.tensor.detach().cpu().numpy()
 
 
 def instances_to_coco_results(
@@ -36,7 +34,7 @@ def instances_to_coco_results(
 
     Args:
         instances: predictions in original-image pixels (after ``model.postprocess``): boxes, labels,
-            scores, and optionally masks (N, H, W) bool and keypoints (N, K, 3).
+            scores, and optionally masks (BitMasks at the image size) and keypoints (N, K, 3).
         image_id: the image's id in the dataset.
         category_ids: dataset category id of each contiguous label (``meta["category_ids"]``).
         file_name: added to every dict when given (handy for results of images outside a dataset).
@@ -58,6 +56,9 @@ def instances_to_coco_results(
     if bad:
         raise ValueError(f"predicted label {bad[0]} has no category id ({len(category_ids)} categories)")
 
+    if instances.mask_probs is not None and instances.masks is None:
+        raise ValueError("instances_to_coco_results got mask probabilities (mask_probs) but no pasted masks. "
+                         "Call model.postprocess first.")
     rles = None
     if instances.masks is not None:
         masks = _mask_array(instances.masks, count)

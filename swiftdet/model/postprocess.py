@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from swiftdet.structures import Boxes, Instances, Keypoints
+from swiftdet.structures import BitMasks, Boxes, Instances, Keypoints
 
 __all__ = ["paste_masks_in_image", "rescale_instances", "postprocess_instances"]
 
@@ -237,10 +237,10 @@ def postprocess_instances(
     """Detections of one resized image mapped to its original size.
 
     Boxes and keypoints are rescaled (:func:`rescale_instances`); (N, M, M) ``mask_probs``, when
-    present, are pasted into (N, H, W) bool ``masks`` at the original size (and dropped).
+    present, are pasted into :class:`BitMasks` ``masks`` at the original size (and dropped).
     """
     out = rescale_instances(results, results.image_size, original_size)
     if out.mask_probs is not None:
         masks = paste_masks_in_image(out.mask_probs[:, None], out.boxes.tensor, out.image_size, mask_threshold)
-        out = out.with_fields(masks=masks, mask_probs=None)
+        out = out.with_fields(masks=BitMasks(masks), mask_probs=None)
     return out

@@ -27,8 +27,9 @@ class Instances:
         boxes: (N, 4) xyxy boxes.
         labels: (N,) int64 contiguous class indices in [0, num_classes).
         scores: (N,) float confidence (predictions only).
-        masks: polygons or (N, H, W) bitmaps (targets), or for predictions (N, H, W) bool masks
-            pasted in the image.
+        masks: instance masks in the image: :class:`PolygonMasks` (targets from polygons) or
+            :class:`BitMasks` (targets from RLE, and predictions after ``postprocess``, pasted
+            at the image size).
         keypoints: (N, K, 3) keypoints.
         mask_probs: (N, M, M) float mask probabilities in the detection's box, before pasting
             (a mask head's raw output; ``postprocess`` turns them into ``masks``).
@@ -38,11 +39,17 @@ class Instances:
     boxes: Boxes
     labels: Tensor | None = None
     scores: Tensor | None = None
-    masks: Masks | Tensor | None = None
+    masks: Masks | None = None
     keypoints: Keypoints | None = None
     mask_probs: Tensor | None = None
 
     def __post_init__(self) -> None:
+        if self.masks is not None and not isinstance(self.masks, (PolygonMasks, BitMasks)):
+            # One type per meaning: a mask head's probabilities go in mask_probs, pasted masks in BitMasks.
+            raise TypeError(
+                f"Instances.masks must be PolygonMasks or BitMasks, got {type(self.masks).__name__}; put (N, M, M) "
+                "mask probabilities in mask_probs and wrap (N, H, W) bool masks in BitMasks."
+            )
         n = len(self.boxes)
         for f in fields(self):
             if f.name in ("image_size", "boxes"):

@@ -10,7 +10,7 @@ import pytest
 
 from swiftdet.engine.distributed import launch
 from swiftdet.engine.evaluator import evaluate_model
-from swiftdet.engine.checkpoint import load_checkpoint_file
+from swiftdet.weights import read_checkpoint
 from swiftdet.errors import ConfigError
 
 from test_engine_toy import TOY_META, ToyDetector, toy_coco, toy_config, toy_test_loader, train_toy_main
@@ -31,7 +31,7 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
 
     cfg = toy_config(*OVERRIDES)
     model = ToyDetector(cfg.model)
-    model.load_state_dict(load_checkpoint_file(out / "checkpoints" / "last.pth")["model"])
+    model.load_state_dict(read_checkpoint(out / "checkpoints" / "last.pth")["model"])
     single = evaluate_model(model, toy_test_loader(12, 1, 0, 1), toy_coco(12), TOY_META["category_ids"], mask_on=True)
     assert single["bbox/AP"] > 0 or single["bbox/AR100"] > 0  # a meaningful comparison, not two zeros
     assert {k: ddp_eval[k] for k in single} == single

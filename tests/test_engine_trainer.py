@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from swiftdet.config.schema import SolverConfig
-from swiftdet.engine.checkpoint import CheckpointWriteError, load_checkpoint_file
+from swiftdet.engine.checkpoint import CheckpointWriteError
+from swiftdet.weights import read_checkpoint
 from swiftdet.engine.ema import ModelEMA
 from swiftdet.engine.optim import build_optimizer, lr_factor, scaled_base_lr
 from swiftdet.engine.trainer import TrainingDivergedError, per_process_batch_size, prepare_output_dir
@@ -102,11 +103,11 @@ def test_run_writes_config_metrics_tensorboard_checkpoints(tmp_path):
 
     ckpt_dir = tmp_path / "checkpoints"
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.pth", "last.pth", "model_0000008.pth", "model_0000012.pth"]
-    last = load_checkpoint_file(ckpt_dir / "last.pth")
+    last = read_checkpoint(ckpt_dir / "last.pth")
     assert last["iteration"] == 12 and last["format"] == "swiftdet-checkpoint/1"
     assert {"optimizer", "scheduler", "ema", "rng", "loader", "meta", "config"} <= set(last)
     assert last["loader"]["batches"] == 24  # accumulate_steps batches per iteration
-    best = load_checkpoint_file(ckpt_dir / "best.pth")
+    best = read_checkpoint(ckpt_dir / "best.pth")
     assert best["best_metric"] == "segm/AP"
     assert best["metrics"]["segm/AP"] == max(r["segm/AP"] for r in evals)
 
@@ -136,7 +137,7 @@ def test_nan_loss_stops_with_iteration_and_term_and_keeps_checkpoint(tmp_path):
     assert f"image ids): {[s.image_id for s in seventh]}" in str(info.value)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["last.pth", "model_0000004.pth"]
-    assert load_checkpoint_file(tmp_path / "checkpoints" / "last.pth")["iteration"] == 4
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.pth")["iteration"] == 4
 
 
 def test_disk_full_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -159,7 +160,7 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch)
     monkeypatch.setattr(torch, "save", real_save)
     ckpt_dir = tmp_path / "checkpoints"
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["last.pth", "model_0000004.pth"]  # no temp file left
-    assert load_checkpoint_file(ckpt_dir / "last.pth")["iteration"] == 4
+    assert read_checkpoint(ckpt_dir / "last.pth")["iteration"] == 4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def test_corrupt_checkpoint_is_a_weights_error(tmp_path):
     bad = tmp_path / "model.pth"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot be read"):
-        load_checkpoint_file(bad)
+        read_checkpoint(bad)
 
 
 def test_bf16_autocast_on_cpu_trains_and_fp16_needs_cuda(tmp_path):

@@ -13,7 +13,7 @@ import torchvision
 from swiftdet.cli import train as train_cmd
 from swiftdet.config.core import load_config
 from swiftdet.demo.synth import generate_synthetic_coco
-from swiftdet.engine.checkpoint import load_checkpoint_file
+from swiftdet.weights import read_checkpoint
 from swiftdet.engine.run import build_detector, run_evaluation
 from swiftdet.errors import WeightsError
 from swiftdet.model.build import build_model
@@ -69,7 +69,7 @@ def test_training_starts_from_the_backbone_file(synth, tmp_path):
     assert train_cmd.run(args) == 0
     assert f"Loaded 100 tensors from {file}." in (out / "log.txt").read_text()  # ResNet-18 without fc
 
-    trained = load_checkpoint_file(out / "checkpoints" / "last.pth")
+    trained = read_checkpoint(out / "checkpoints" / "last.pth")
     assert trained["iteration"] == 2
     model = trained["model"]
     frozen_prefixes = ("conv1.", "bn1.", "layer1.")

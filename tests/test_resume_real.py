@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from swiftdet.engine.checkpoint import load_checkpoint_file
+from swiftdet.weights import read_checkpoint
 
 SWIFTDET = [sys.executable, "-m", "swiftdet.cli.main"]
 MAX_ITER = 14
@@ -124,7 +124,7 @@ def test_two_processes_write_one_run_and_train_on_different_images(tmp_path, syn
     assert log.count("2 process(es), 2 images per process") == 1
     records = _records(ddp)
     assert [r["iter"] for r in records] == [1, 2, 3, 4]
-    state = load_checkpoint_file(ddp / "checkpoints" / "last.pth")
+    state = read_checkpoint(ddp / "checkpoints" / "last.pth")
     assert len(state["rng"]) == 2 and state["loader"] == {"batches": 4, "world_size": 2}
 
     # Each iteration the two processes train on two images each, and never on the same image: they

@@ -35,12 +35,12 @@ def convert_torchvision(input_path: str, output_path: str, cfg, *, allow_pickle:
     from swiftdet.errors import WeightsError
     from swiftdet.model.build import build_model
     from swiftdet.utils.io import atomic_torch_save
-    from swiftdet.weights.checkpoint import CHECKPOINT_FORMAT, extract_state_dict, make_checkpoint, match_state_dict
+    from swiftdet.weights.checkpoint import extract_state_dict, is_checkpoint, make_checkpoint, match_state_dict
     from swiftdet.weights.checkpoint import read_weights_file
     from swiftdet.weights.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 
     obj = read_weights_file(input_path, allow_pickle=allow_pickle)
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+    if is_checkpoint(obj):
         raise WeightsError(f"'{input_path}' is already a swiftdet checkpoint; load it directly (--weights).")
     state_dict, _, _ = extract_state_dict(obj, input_path)
     if cfg.model.arch == "rcnn":

@@ -12,7 +12,7 @@ moment leaves the previous checkpoint readable.
 
 A checkpoint is the model-file dict of :func:`swiftdet.weights.make_checkpoint` (``format``,
 ``model``, ``config``, ``meta``) plus ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``iteration``,
-``rng`` and ``loader``.
+``rng`` and ``loader``; :func:`swiftdet.weights.read_checkpoint` reads it back.
 """
 from __future__ import annotations
 
@@ -30,15 +30,12 @@ import torch
 
 from swiftdet.errors import SwiftdetError, WeightsError
 from swiftdet.utils.io import atomic_torch_save
-from swiftdet.weights.checkpoint import CHECKPOINT_FORMAT, read_weights_file
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "CheckpointManager",
     "CheckpointWriteError",
     "capture_rng_state",
     "check_same_model_config",
-    "load_checkpoint_file",
     "restore_rng_state",
 ]
 
@@ -78,19 +75,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         # A run resumed on fewer/more GPUs restores the devices both runs have.
         for index in range(min(len(saved), torch.cuda.device_count())):
             torch.cuda.set_rng_state(saved[index], index)
-
-
-def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint of a run (through :func:`swiftdet.weights.read_weights_file`, tensors and
-    plain values only), refusing a file that is not a swiftdet checkpoint."""
-    data = read_weights_file(path)
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT or "model" not in data:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise WeightsError(
-            f"'{path}' is not a swiftdet checkpoint (expected format '{CHECKPOINT_FORMAT}', found {found!r}). "
-            "Use a file written by swiftdet train, or convert foreign weights with swiftdet's weights tools."
-        )
-    return data
 
 
 def _model_relevant(config: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,6 @@ from swiftdet.engine.checkpoint import (
     CheckpointManager,
     capture_rng_state,
     check_same_model_config,
-    load_checkpoint_file,
     restore_rng_state,
 )
 from swiftdet.engine.distributed import all_gather_object, barrier, get_rank, get_world_size, local_rank
@@ -39,7 +38,7 @@ from swiftdet.errors import ConfigError, SwiftdetError, WeightsError
 from swiftdet.evaluation.coco import detection_metric_specs, keypoint_metric_specs
 from swiftdet.structures import Instances
 from swiftdet.utils.io import atomic_write
-from swiftdet.weights.checkpoint import make_checkpoint
+from swiftdet.weights.checkpoint import make_checkpoint, read_checkpoint
 
 __all__ = [
     "TrainingDivergedError",
@@ -265,7 +264,7 @@ class Trainer:
             path = self.checkpoints.latest()
             if path is None:
                 raise WeightsError(f"--resume was given but {self.checkpoints.directory} holds no checkpoint.")
-            self.load_state_dict(load_checkpoint_file(path), path)
+            self.load_state_dict(read_checkpoint(path), path)
             self.last_checkpoint = path
             logger.info(f"resumed from {path} at iteration {self.iteration}")
         if self.rank == 0:

@@ -4,11 +4,13 @@ from swiftdet.weights.checkpoint import (
     LoadReport,
     build_model_with_weights,
     extract_state_dict,
+    is_checkpoint,
     load_backbone_imagenet,
     load_checkpoint,
     load_initial_weights,
     make_checkpoint,
     match_state_dict,
+    read_checkpoint,
     read_weights_file,
 )
 from swiftdet.weights.download import cached_path, default_cache_dir
@@ -20,10 +22,12 @@ __all__ = [
     "cached_path",
     "default_cache_dir",
     "extract_state_dict",
+    "is_checkpoint",
     "load_backbone_imagenet",
     "load_checkpoint",
     "load_initial_weights",
     "make_checkpoint",
     "match_state_dict",
+    "read_checkpoint",
     "read_weights_file",
 ]

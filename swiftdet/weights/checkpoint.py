@@ -29,6 +29,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "LoadReport",
     "extract_state_dict",
+    "is_checkpoint",
     "make_checkpoint",
     "load_backbone_imagenet",
     "class_dependent_keys",
@@ -36,6 +37,7 @@ __all__ = [
     "build_model_with_weights",
     "load_initial_weights",
     "match_state_dict",
+    "read_checkpoint",
     "read_weights_file",
 ]
 
@@ -123,12 +125,30 @@ def read_weights_file(path_or_url: str | os.PathLike, *, sha256: str | None = No
         ) from None
 
 
+def is_checkpoint(obj: Any) -> bool:
+    """True if ``obj`` (what :func:`read_weights_file` returned) is a swiftdet model file."""
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A swiftdet checkpoint (:func:`make_checkpoint`'s dict, plus a run's state when a trainer
+    wrote it), read with tensors and plain values only; any other file is refused."""
+    data = read_weights_file(path)
+    if not is_checkpoint(data) or "model" not in data:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise WeightsError(
+            f"'{path}' is not a swiftdet checkpoint (expected format '{CHECKPOINT_FORMAT}', found {found!r}). "
+            "Use a file written by swiftdet train, or convert foreign weights with swiftdet's weights tools."
+        )
+    return data
+
+
 def extract_state_dict(obj: Any, source: str) -> tuple[dict[str, Tensor], dict | None, dict]:
     """(state_dict, config dict or None, meta) from what :func:`read_weights_file` returned."""
     config, meta = None, {}
     if isinstance(obj, nn.Module):
         return obj.state_dict(), None, {}
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+    if is_checkpoint(obj):
         config, meta = obj.get("config"), dict(obj.get("meta") or {})
         obj = obj.get("model")
     elif isinstance(obj, dict) and not _is_state_dict(obj):
@@ -278,7 +298,7 @@ def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, *, model_c
                               class_keys=class_keys, strict_arch=strict_arch, file_num_classes=file_classes)
     model.load_state_dict({k: state_dict[k] for k in report.loaded}, strict=False)
     report.config, report.meta = config, meta
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT and "iteration" in obj:
+    if is_checkpoint(obj) and "iteration" in obj:
         report.iteration = int(obj["iteration"])
     return report
 

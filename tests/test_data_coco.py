@@ -12,7 +12,7 @@ from PIL import Image
 
 from swiftdet.config.schema import DatasetSpec
 from swiftdet.data import DatasetMeta, DetectionDataset, load_coco, load_dataset
-from swiftdet.data.dataset import rle_counts_from_string
+from swiftdet.data.rle import rle_counts_from_string
 from swiftdet.errors import ConfigError, DatasetError
 
 

@@ -15,8 +15,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from swiftdet.config.schema import Config
-from swiftdet.data.dataset import DetectionDataset, ImageRecord
 from swiftdet.data.samplers import InferenceSampler, TrainBatchSampler
+from swiftdet.data.storage import DetectionDataset, ImageRecord
 from swiftdet.data.transforms import (
     Augmentation,
     TestTransform,

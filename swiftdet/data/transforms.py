@@ -250,7 +250,7 @@ def apply_augmentation(
 # Dataset record -> target Instances
 # ----------------------------------------------------------------------------------------------
 def record_to_instances(record, *, with_masks: bool, with_keypoints: bool) -> Instances:
-    """Training targets of an :class:`~swiftdet.data.dataset.ImageRecord`, in original image coordinates.
+    """Training targets of an :class:`~swiftdet.data.storage.ImageRecord`, in original image coordinates.
 
     Crowd annotations are left out; boxes are clipped to the image and those left with no area
     dropped. Masks are PolygonMasks, or BitMasks when any kept annotation stores RLE (the

@@ -19,6 +19,7 @@ from swiftdet.errors import ConfigError
 from swiftdet.model.backbone import FPN, ResNet, build_fpn, build_resnet
 from swiftdet.model.box_coder import clip_boxes
 from swiftdet.model.nms import per_image_nms
+from swiftdet.model.tracing import is_tracing
 
 __all__ = [
     "build_backbone_and_fpn",
@@ -113,7 +114,8 @@ def topk_above_threshold(values: Tensor, threshold: float, k: int) -> tuple[Tens
     Returns:
         batch index (P,) and column index (P,) of the kept entries, grouped by row.
     """
-    if values.shape[0] == 1 and values.shape[1] > k > 0:
+    tracing = is_tracing()  # traced: only the general path below, whose steps are all tensor ops
+    if not tracing and values.shape[0] == 1 and values.shape[1] > k > 0:
         # Many entries above the threshold (a low one): the k largest of the row are then exactly
         # the k largest above it, found without listing every entry above the threshold (~12M
         # (anchor, class) pairs on RetinaNet's finest level at threshold 0). Only when the k-th
@@ -122,10 +124,10 @@ def topk_above_threshold(values: Tensor, threshold: float, k: int) -> tuple[Tens
         if bool(top_values[k - 1] > threshold) and bool(top_values[k - 1] > top_values[k]):
             return torch.zeros(k, dtype=torch.int64, device=values.device), top_cols[:k]
     rows, cols = (values > threshold).nonzero(as_tuple=True)
-    if rows.numel() == 0:
+    if not tracing and rows.numel() == 0:
         return rows, cols
     kept = values[rows, cols]
-    if values.shape[0] == 1:
+    if not tracing and values.shape[0] == 1:
         if kept.numel() > k:
             order = kept.topk(k).indices
             rows, cols = rows[order], cols[order]

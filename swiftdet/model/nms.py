@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms
 
+from swiftdet.model.tracing import is_tracing
+
 __all__ = ["class_wise_nms", "per_image_nms"]
 
 # torchvision's batched_nms switches from its one-call coordinate trick to a per-class loop above
@@ -36,7 +38,8 @@ def class_wise_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: f
         (K,) int64 indices into ``boxes``.
     """
     limit = _PER_CLASS_ABOVE.get(boxes.device.type, _PER_CLASS_ABOVE_OTHER)
-    if boxes.numel() <= limit:
+    if is_tracing() or boxes.numel() <= limit:
+        # Traced: torchvision's one-call path (the loop below would bake in one input's classes).
         return batched_nms(boxes, scores, idxs, iou_threshold)
     order = torch.argsort(idxs, stable=True)
     counts = torch.unique_consecutive(idxs[order], return_counts=True)[1]

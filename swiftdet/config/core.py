@@ -4,7 +4,8 @@ A config is an instance of :class:`swiftdet.config.schema.Config`. Named configs
 under ``swiftdet/configs/`` (or any ``.py`` file a user writes) that define ``config() -> Config``,
 usually by calling a base and changing fields. Command-line overrides are ``key.sub=value`` strings;
 values are parsed as YAML scalars/lists and then checked against the field's type annotation. Any
-unknown key is an error naming the nearest valid key, and every value is type-checked, so a typo
+unknown key is an error naming the nearest valid key (also a field a .py config sets that does not
+exist), and every value is type- and range-checked (ranges: :mod:`swiftdet.config.types`), so a typo
 can never be silently ignored.
 """
 from __future__ import annotations
@@ -13,13 +14,15 @@ import dataclasses
 import difflib
 import importlib
 import importlib.util
+import traceback
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from swiftdet.config.types import Range
 from swiftdet.errors import ConfigError
 
 __all__ = [
@@ -42,6 +45,9 @@ _CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # ----------------------------------------------------------------------------------------------
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
+    if origin is Annotated:
+        base, *extras = get_args(tp)
+        return " ".join([_type_name(base), *(str(e) for e in extras if isinstance(e, Range))])
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
@@ -68,6 +74,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         )
 
     if tp is Any:
+        return value
+    if origin is Annotated:
+        base, *extras = get_args(tp)
+        value = _coerce(value, base, key)
+        for extra in extras:
+            if isinstance(extra, Range):
+                extra.check(value, key)
         return value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -138,7 +151,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls, include_extras=True)  # keep Annotated ranges
 
 
 def _nearest(name: str, candidates: list[str]) -> str:
@@ -196,8 +209,17 @@ def config_to_yaml(cfg: Any) -> str:
 
 def config_from_yaml(cls: type, text_or_path: str | Path) -> Any:
     path = Path(text_or_path)
-    text = path.read_text() if path.suffix in (".yaml", ".yml") and path.is_file() else str(text_or_path)
-    return config_from_dict(cls, yaml.safe_load(text) or {})
+    is_file = path.suffix in (".yaml", ".yml") and path.is_file()
+    text = path.read_text() if is_file else str(text_or_path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{'Config file ' + repr(str(path)) if is_file else 'Config YAML'} is not valid YAML{where}: "
+                          f"{problem}.") from None
+    return config_from_dict(cls, data or {})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,8 +302,8 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         spec = importlib.util.spec_from_file_location(f"swiftdet_user_config_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         assert spec.loader is not None
-        spec.loader.exec_module(module)
         origin = str(path)
+        _run_user_code(origin, lambda: spec.loader.exec_module(module))
     elif name_or_path.endswith((".yaml", ".yml")):
         from swiftdet.config.schema import Config
 
@@ -303,5 +325,29 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     make = getattr(module, "config", None)
     if not callable(make):
         raise ConfigError(f"Config '{origin}' defines no function config() returning a Config.")
-    cfg = make()
+    from swiftdet.config.schema import Config
+
+    cfg = _run_user_code(origin, make)
+    if not isinstance(cfg, Config):
+        raise ConfigError(
+            f"config() of '{origin}' returned {type(cfg).__name__}, not a Config"
+            + (" (a missing `return cfg`?)." if cfg is None else ".")
+        )
     return validate_config(apply_overrides(cfg, overrides))
+
+
+def _run_user_code(origin: str, run: Any) -> Any:
+    """Run a config file's code; its errors become a ConfigError naming the file and line (a
+    ConfigError it raises, e.g. for an unknown field, passes through as it is)."""
+    try:
+        return run()
+    except ConfigError:
+        raise
+    except SyntaxError as error:
+        raise ConfigError(f"Config file '{error.filename or origin}' has a syntax error at line {error.lineno}: "
+                          f"{error.msg}.") from None
+    except Exception as error:
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == origin or
+                  Path(f.filename).stem == Path(origin).stem]
+        where = f" at line {frames[-1].lineno}" if frames else ""
+        raise ConfigError(f"Config '{origin}' failed{where}: {type(error).__name__}: {error}") from None

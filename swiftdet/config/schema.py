@@ -6,12 +6,25 @@ classes is stated; every head reads it from there.
 """
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
+from swiftdet.config.types import (
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Range,
+    Section,
+)
 from swiftdet.errors import ConfigError
 
 NormName = Literal["", "FrozenBN", "BN", "SyncBN", "GN"]
+Pixel = Annotated[float, Range(0, 255)]  # a 0-255 pixel value (mean of a channel)
 
 
 def _check(cond: bool, message: str) -> None:
@@ -23,23 +36,21 @@ def _check(cond: bool, message: str) -> None:
 # Model
 # ----------------------------------------------------------------------------------------------
 @dataclass
-class ResNetConfig:
+class ResNetConfig(Section):
     depth: Literal[18, 34, 50, 101, 152] = 50
-    groups: int = 1  # ResNeXt cardinality (32 for X-101 32x8d)
-    width_per_group: int = 64  # 8 for X-101 32x8d
+    groups: PositiveInt = 1  # ResNeXt cardinality (32 for X-101 32x8d)
+    width_per_group: PositiveInt = 64  # 8 for X-101 32x8d
     # torchvision: stride on the 3x3 conv; caffe (MSRA/Detectron): stride on the first 1x1 conv.
     style: Literal["torchvision", "caffe"] = "torchvision"
     norm: NormName = "FrozenBN"
     # 0: train everything; 1: freeze the stem; k>=2: also freeze res2..res{k}.
-    freeze_at: int = 2
+    freeze_at: Annotated[int, Range(0, 5)] = 2
     out_features: tuple[str, ...] = ("res2", "res3", "res4", "res5")
     # Optional ImageNet initialisation (path or URL of torchvision's resnet checkpoint).
     weights: str = ""
 
     def validate(self) -> None:
         _check(self.norm != "", "model.backbone.norm must name a norm layer (FrozenBN, BN, SyncBN or GN).")
-        _check(0 <= self.freeze_at <= 5, f"model.backbone.freeze_at must be in 0..5, got {self.freeze_at}.")
-        _check(self.groups >= 1 and self.width_per_group >= 1, "model.backbone.groups and width_per_group must be >= 1.")
         _check(
             not (self.depth in (18, 34) and (self.groups != 1 or self.width_per_group != 64)),
             "ResNet-18/34 use basic blocks: model.backbone.groups must be 1 and width_per_group 64.",
@@ -50,9 +61,9 @@ class ResNetConfig:
 
 
 @dataclass
-class FPNConfig:
+class FPNConfig(Section):
     in_features: tuple[str, ...] = ("res2", "res3", "res4", "res5")
-    out_channels: int = 256
+    out_channels: PositiveInt = 256
     norm: Literal["", "BN", "GN"] = ""
     # Extra coarse levels: 'maxpool' adds P6 by max-pooling P5 (R-CNN); 'p6p7_c5'/'p6p7_p5' add P6 and
     # P7 by strided convs from C5 or P5 (RetinaNet v2 / RetinaNet v1 and FCOS in torchvision).
@@ -60,71 +71,70 @@ class FPNConfig:
 
 
 @dataclass
-class AnchorConfig:
+class AnchorConfig(Section):
     # One tuple of sizes per feature level, in input pixels.
-    sizes: tuple[tuple[float, ...], ...] = ((32.0,), (64.0,), (128.0,), (256.0,), (512.0,))
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    sizes: tuple[tuple[PositiveFloat, ...], ...] = ((32.0,), (64.0,), (128.0,), (256.0,), (512.0,))
+    aspect_ratios: tuple[PositiveFloat, ...] = (0.5, 1.0, 2.0)
 
 
 @dataclass
-class RPNConfig:
+class RPNConfig(Section):
     in_features: tuple[str, ...] = ("p2", "p3", "p4", "p5", "p6")
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
-    num_convs: int = 1  # torchvision v2 uses 2
-    fg_iou_thresh: float = 0.7
-    bg_iou_thresh: float = 0.3
-    batch_size_per_image: int = 256
-    positive_fraction: float = 0.5
-    pre_nms_topk_train: int = 2000  # per level
-    pre_nms_topk_test: int = 1000
-    post_nms_topk_train: int = 2000  # per image
-    post_nms_topk_test: int = 1000
-    nms_thresh: float = 0.7
-    min_box_size: float = 1e-3
-    score_thresh: float = 0.0
-    box_reg_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
-    smooth_l1_beta: float = 1.0 / 9
-    loss_weight: float = 1.0
+    num_convs: PositiveInt = 1  # torchvision v2 uses 2
+    fg_iou_thresh: Probability = 0.7
+    bg_iou_thresh: Probability = 0.3
+    batch_size_per_image: PositiveInt = 256
+    positive_fraction: Fraction = 0.5
+    pre_nms_topk_train: PositiveInt = 2000  # per level
+    pre_nms_topk_test: PositiveInt = 1000
+    post_nms_topk_train: PositiveInt = 2000  # per image
+    post_nms_topk_test: PositiveInt = 1000
+    nms_thresh: Probability = 0.7
+    min_box_size: NonNegativeFloat = 1e-3
+    score_thresh: Probability = 0.0
+    box_reg_weights: tuple[PositiveFloat, PositiveFloat, PositiveFloat, PositiveFloat] = (1.0, 1.0, 1.0, 1.0)
+    smooth_l1_beta: NonNegativeFloat = 1.0 / 9
+    loss_weight: NonNegativeFloat = 1.0
 
     def validate(self) -> None:
         _check(0 < self.bg_iou_thresh <= self.fg_iou_thresh <= 1, "model.rpn: need 0 < bg_iou_thresh <= fg_iou_thresh <= 1.")
-        _check(0 < self.positive_fraction <= 1, "model.rpn.positive_fraction must be in (0, 1].")
 
 
 @dataclass
-class BoxHeadConfig:
+class BoxHeadConfig(Section):
     in_features: tuple[str, ...] = ("p2", "p3", "p4", "p5")
-    pooler_resolution: int = 7
-    pooler_sampling_ratio: int = 2
+    pooler_resolution: PositiveInt = 7
+    pooler_sampling_ratio: NonNegativeInt = 2
     pooler_aligned: bool = False  # torchvision's MultiScaleRoIAlign uses aligned=False
     head: Literal["2fc", "4conv1fc"] = "2fc"  # torchvision v1 / v2
-    fc_dim: int = 1024
-    conv_dim: int = 256
+    fc_dim: PositiveInt = 1024
+    conv_dim: PositiveInt = 256
     norm: Literal["", "BN", "GN"] = ""
-    fg_iou_thresh: float = 0.5
-    bg_iou_thresh: float = 0.5
-    batch_size_per_image: int = 512
-    positive_fraction: float = 0.25
-    box_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
-    smooth_l1_beta: float = 1.0 / 9
-    score_thresh: float = 0.05
-    nms_thresh: float = 0.5
-    detections_per_image: int = 100
+    fg_iou_thresh: Probability = 0.5
+    bg_iou_thresh: Probability = 0.5
+    batch_size_per_image: PositiveInt = 512
+    positive_fraction: Fraction = 0.25
+    box_reg_weights: tuple[PositiveFloat, PositiveFloat, PositiveFloat, PositiveFloat] = (10.0, 10.0, 5.0, 5.0)
+    smooth_l1_beta: NonNegativeFloat = 1.0 / 9
+    score_thresh: Probability = 0.05
+    nms_thresh: Probability = 0.5
+    detections_per_image: PositiveInt = 100
 
 
 @dataclass
-class MaskHeadConfig:
-    pooler_resolution: int = 14
-    pooler_sampling_ratio: int = 2
-    num_convs: int = 4
-    conv_dim: int = 256
+class MaskHeadConfig(Section):
+    pooler_resolution: PositiveInt = 14
+    pooler_sampling_ratio: NonNegativeInt = 2
+    num_convs: NonNegativeInt = 4  # 0 in the C4 layout (the mask head reads res5 directly)
+    conv_dim: PositiveInt = 256
     norm: Literal["", "BN", "GN"] = ""
     # Probability above which a pasted mask pixel is foreground.
-    mask_threshold: float = 0.5
+    mask_threshold: Probability = 0.5
 
 
 @dataclass
-class RetinaNetConfig:
+class RetinaNetConfig(Section):
     in_features: tuple[str, ...] = ("p3", "p4", "p5", "p6", "p7")
     anchors: AnchorConfig = field(
         default_factory=lambda: AnchorConfig(
@@ -132,49 +142,49 @@ class RetinaNetConfig:
             aspect_ratios=(0.5, 1.0, 2.0),
         )
     )
-    num_convs: int = 4
+    num_convs: NonNegativeInt = 4
     norm: Literal["", "GN"] = ""  # v2 uses GN
-    prior_prob: float = 0.01
-    fg_iou_thresh: float = 0.5
-    bg_iou_thresh: float = 0.4
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
+    prior_prob: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.01
+    fg_iou_thresh: Probability = 0.5
+    bg_iou_thresh: Probability = 0.4
+    focal_alpha: Probability = 0.25
+    focal_gamma: NonNegativeFloat = 2.0
     box_loss: Literal["l1", "smooth_l1", "giou"] = "l1"
-    smooth_l1_beta: float = 0.0
-    box_reg_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
-    score_thresh: float = 0.05
-    topk_candidates: int = 1000  # per level
-    nms_thresh: float = 0.5
-    detections_per_image: int = 300
+    smooth_l1_beta: NonNegativeFloat = 0.0
+    box_reg_weights: tuple[PositiveFloat, PositiveFloat, PositiveFloat, PositiveFloat] = (1.0, 1.0, 1.0, 1.0)
+    score_thresh: Probability = 0.05
+    topk_candidates: PositiveInt = 1000  # per level
+    nms_thresh: Probability = 0.5
+    detections_per_image: PositiveInt = 300
 
 
 @dataclass
-class FCOSConfig:
+class FCOSConfig(Section):
     in_features: tuple[str, ...] = ("p3", "p4", "p5", "p6", "p7")
-    num_convs: int = 4
+    num_convs: NonNegativeInt = 4
     norm: Literal["", "GN"] = "GN"
-    prior_prob: float = 0.01
-    center_sampling_radius: float = 1.5
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    score_thresh: float = 0.2
-    topk_candidates: int = 1000
-    nms_thresh: float = 0.6
-    detections_per_image: int = 100
+    prior_prob: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.01
+    center_sampling_radius: NonNegativeFloat = 1.5
+    focal_alpha: Probability = 0.25
+    focal_gamma: NonNegativeFloat = 2.0
+    score_thresh: Probability = 0.2
+    topk_candidates: PositiveInt = 1000
+    nms_thresh: Probability = 0.6
+    detections_per_image: PositiveInt = 100
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     arch: Literal["rcnn", "retinanet", "fcos"] = "rcnn"
-    num_classes: int = 80  # foreground classes; the only place this number is stated
+    num_classes: PositiveInt = 80  # foreground classes; the only place this number is stated
     mask_on: bool = False
     # 'fpn': FPN features for RPN and RoI heads; 'c4': RPN on res4 and res5 as the RoI box head.
     layout: Literal["fpn", "c4"] = "fpn"
     # Per-channel normalisation of 0-255 input pixels in input_format order.
     # torchvision weights: RGB, mean/std of ImageNet in 0-255; caffe weights: BGR, std 1.
     input_format: Literal["RGB", "BGR"] = "RGB"
-    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
-    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    pixel_mean: tuple[Pixel, Pixel, Pixel] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (58.395, 57.12, 57.375)
     backbone: ResNetConfig = field(default_factory=ResNetConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
@@ -186,45 +196,41 @@ class ModelConfig:
     weights: str = ""
 
     def validate(self) -> None:
-        _check(self.num_classes >= 1, f"model.num_classes must be >= 1, got {self.num_classes}.")
         _check(not (self.mask_on and self.arch != "rcnn"), f"model.mask_on needs arch 'rcnn' (got '{self.arch}').")
         _check(self.layout == "fpn" or self.arch == "rcnn", "model.layout 'c4' exists only for arch 'rcnn'.")
-        _check(all(s > 0 for s in self.pixel_std), "model.pixel_std values must be > 0.")
 
 
 # ----------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------
 @dataclass
-class InputConfig:
+class InputConfig(Section):
     # Training picks one shortest-edge size per image from min_size_train (multi-scale).
-    min_size_train: tuple[int, ...] = (800,)
-    max_size_train: int = 1333
-    min_size_test: int = 800
-    max_size_test: int = 1333
-    hflip_prob: float = 0.5
-    size_divisibility: int = 32
+    min_size_train: tuple[PositiveInt, ...] = (800,)
+    max_size_train: PositiveInt = 1333
+    min_size_test: PositiveInt = 800
+    max_size_test: PositiveInt = 1333
+    hflip_prob: Probability = 0.5
+    size_divisibility: PositiveInt = 32
 
     def validate(self) -> None:
-        _check(len(self.min_size_train) > 0 and min(self.min_size_train) > 0, "input.min_size_train needs sizes > 0.")
-        _check(0.0 <= self.hflip_prob <= 1.0, "input.hflip_prob must be in [0, 1].")
-        _check(self.size_divisibility >= 1, "input.size_divisibility must be >= 1.")
+        _check(len(self.min_size_train) > 0, "input.min_size_train needs at least one size.")
 
 
 @dataclass
-class DatasetSpec:
+class DatasetSpec(Section):
     json: str = ""  # COCO-format annotation file
     image_root: str = ""  # folder the json's file_name entries are relative to
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     train: DatasetSpec = field(default_factory=DatasetSpec)
     test: DatasetSpec = field(default_factory=DatasetSpec)
     # Training drops images without usable annotations (counted in the load summary).
     filter_empty: bool = True
     aspect_ratio_grouping: bool = True
-    num_workers: int = 2
+    num_workers: NonNegativeInt = 2
     # Left/right keypoint name pairs swapped by a horizontal flip; empty: derived from names
     # that start with 'left_'/'right_' (COCO) or are 'left'/'right'.
     keypoint_flip_map: tuple[tuple[str, str], ...] = ()
@@ -234,46 +240,41 @@ class DataConfig:
 # Training and evaluation
 # ----------------------------------------------------------------------------------------------
 @dataclass
-class SolverConfig:
+class SolverConfig(Section):
     optimizer: Literal["SGD", "AdamW"] = "SGD"
-    base_lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    base_lr: PositiveFloat = 0.02
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+    weight_decay: NonNegativeFloat = 1e-4
     # Set to 0.0 to exempt norm layers / biases from weight decay.
-    weight_decay_norm: float = 1e-4
-    weight_decay_bias: float = 1e-4
-    ims_per_batch: int = 16  # total over all processes
+    weight_decay_norm: NonNegativeFloat = 1e-4
+    weight_decay_bias: NonNegativeFloat = 1e-4
+    ims_per_batch: PositiveInt = 16  # total over all processes
     # base_lr is for this total batch size; another ims_per_batch scales it linearly.
-    reference_batch_size: int = 16
-    max_iter: int = 90000
+    reference_batch_size: PositiveInt = 16
+    max_iter: PositiveInt = 90000
     schedule: Literal["multistep", "cosine"] = "multistep"
-    steps: tuple[int, ...] = (60000, 80000)
-    gamma: float = 0.1
-    warmup_iters: int = 1000
-    warmup_factor: float = 0.001
+    steps: tuple[PositiveInt, ...] = (60000, 80000)
+    gamma: Fraction = 0.1
+    warmup_iters: NonNegativeInt = 1000
+    warmup_factor: Fraction = 0.001
     amp: Literal["off", "fp16", "bf16"] = "off"
-    accumulate_steps: int = 1
-    clip_grad_norm: float = 0.0  # 0: no clipping
-    ema_decay: float = 0.0  # 0: no EMA of weights
-    checkpoint_period: int = 5000
-    keep_last: int = 3
-    log_period: int = 20
+    accumulate_steps: PositiveInt = 1
+    clip_grad_norm: NonNegativeFloat = 0.0  # 0: no clipping
+    ema_decay: Annotated[float, Range(0, 1, high_open=True)] = 0.0  # 0: no EMA of weights
+    checkpoint_period: PositiveInt = 5000
+    keep_last: PositiveInt = 3
+    log_period: PositiveInt = 20
 
     def validate(self) -> None:
-        _check(self.base_lr > 0, "solver.base_lr must be > 0.")
-        _check(self.ims_per_batch >= 1 and self.reference_batch_size >= 1, "solver batch sizes must be >= 1.")
-        _check(self.max_iter >= 1, "solver.max_iter must be >= 1.")
         _check(all(0 < s < self.max_iter for s in self.steps) or self.schedule == "cosine",
                f"solver.steps {self.steps} must lie inside (0, solver.max_iter={self.max_iter}).")
         _check(list(self.steps) == sorted(self.steps), "solver.steps must be increasing.")
-        _check(self.accumulate_steps >= 1, "solver.accumulate_steps must be >= 1.")
-        _check(0.0 <= self.ema_decay < 1.0, "solver.ema_decay must be in [0, 1).")
 
 
 @dataclass
-class TestConfig:
-    eval_period: int = 0  # 0: evaluate only at the end of training
-    ims_per_batch: int = 1
+class TestConfig(Section):
+    eval_period: NonNegativeInt = 0  # 0: evaluate only at the end of training
+    ims_per_batch: PositiveInt = 1
     # Metric that decides the 'best' checkpoint, e.g. 'bbox/AP' or 'segm/AP'.
     best_metric: str = "bbox/AP"
     # Areas that put segm detections in the small/medium/large ranges: 'mask' (detectron2's
@@ -282,11 +283,26 @@ class TestConfig:
 
 
 @dataclass
-class Config:
+class Config(Section):
     model: ModelConfig = field(default_factory=ModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     test: TestConfig = field(default_factory=TestConfig)
-    seed: int = 0
+    seed: NonNegativeInt = 0
     output_dir: str = "output"
+
+
+def _record_config_keys(cls: type, prefix: str = "") -> None:
+    """Give each section class the dotted keys it sits at (``SolverConfig.config_keys ==
+    ("solver",)``), so that an unknown attribute set in a .py config is named by its full key."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            key = f"{prefix}{f.name}"
+            tp.config_keys = tuple(tp.__dict__.get("config_keys", ())) + (key,)
+            _record_config_keys(tp, key + ".")
+
+
+_record_config_keys(Config)

@@ -191,9 +191,9 @@ def load_dataset(
     """
     if not spec.json:
         raise ConfigError(
-            f"{field}.json is empty. Set it to a COCO-format annotation file, e.g. "
-            f"--set {field}.json=path/to/instances.json {field}.image_root=path/to/images "
-            "(or pass a DetectionDataset object)."
+            f"{field}.json is empty. Set it to a COCO-format annotation file: add the overrides "
+            f"{field}.json=path/to/instances.json {field}.image_root=path/to/images after the config name "
+            "on the command line (or pass a DetectionDataset object in Python)."
         )
     if not spec.image_root:
         raise ConfigError(f"{field}.image_root is empty. Set it to the folder the json's file names are relative to ('.' for the current folder).")

@@ -39,9 +39,10 @@ def convert_torchvision(input_path: str, output_path: str, cfg, *, allow_pickle:
     from swiftdet.weights.checkpoint import read_weights_file
     from swiftdet.weights.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 
-    obj = read_weights_file(input_path, allow_pickle=allow_pickle)
+    obj = read_weights_file(input_path, allow_pickle=allow_pickle, allow_pickle_hint="--allow-pickle")
     if is_checkpoint(obj):
-        raise WeightsError(f"'{input_path}' is already a swiftdet checkpoint; load it directly (--weights).")
+        raise WeightsError(f"'{input_path}' is already a swiftdet checkpoint: nothing to convert. Use it as it is "
+                           f"(swiftdet predict / swiftdet eval --weights {input_path}).")
     state_dict, _, _ = extract_state_dict(obj, input_path)
     if cfg.model.arch == "rcnn":
         from swiftdet.weights.torchvision_rcnn import convert_rcnn_state_dict

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,6 +46,7 @@ class GroundTruth:
     rles: list | None = None  # N compressed RLEs, for segm
     keypoints: np.ndarray | None = None  # (N, K, 3) float64, for keypoints
     num_keypoints: np.ndarray | None = None  # (N,) int64, for keypoints
+    file_names: dict | None = None  # image id -> the json's file_name, where it gives one
 
 
 @dataclass
@@ -81,6 +83,33 @@ def _read_json(path: Path, error: type[Exception], what: str) -> Any:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _base_name(path: str) -> str:
+    return re.split(r"[\\/]", path)[-1]
+
+
+def _check_file_names(results: Sequence[dict], gt: GroundTruth, source: str) -> None:
+    """Results that name their image (``file_name``, as ``swiftdet predict`` writes) must name the
+    image their ``image_id`` has in the ground truth, compared by base name; else the ids were not
+    the dataset's (e.g. positions in a file list) and the AP would be silently wrong."""
+    if not gt.file_names:
+        return
+    wrong: dict[Any, str] = {}
+    for r in results:
+        name = r.get("file_name")
+        expected = gt.file_names.get(r["image_id"])
+        if isinstance(name, str) and expected is not None and _base_name(name) != _base_name(expected):
+            wrong.setdefault(r["image_id"], name)
+    if wrong:
+        image_id, name = next(iter(wrong.items()))
+        raise EvaluationError(
+            f"Results {source!r}: the results of {len(wrong)} image id(s) name another image than the ground truth "
+            f"{gt.source!r} gives that id: image id {image_id!r} is {gt.file_names[image_id]!r} there, but its results "
+            f"are for {name!r}. The image ids are not the dataset's (swiftdet predict numbers images by their position "
+            f"unless told otherwise): predict again with --coco-json {gt.source if gt.source[0] != '<' else 'GT.json'} "
+            f"so that the results carry the ground truth's image ids."
+        )
 
 
 def load_ground_truth(gt: Any, iou_type: str) -> GroundTruth:
@@ -162,6 +191,7 @@ def _ground_truth_from_dict(dataset: Any, source: str, iou_type: str) -> GroundT
         category_ids=category_ids,
         category_names={c["id"]: c.get("name", str(c["id"])) for c in cats},
         image_sizes=image_sizes,
+        file_names={img["id"]: str(img["file_name"]) for img in images if img.get("file_name")},
         ann_ids=np.array(ann_ids) if ann_ids else np.zeros(0, dtype=np.int64),
         image_index=np.array([image_pos[a["image_id"]] for a in anns], dtype=np.int64),
         category_index=np.array([cat_pos[a["category_id"]] for a in anns], dtype=np.int64),
@@ -332,6 +362,7 @@ def load_detections(results: Any, gt: GroundTruth, iou_type: str, *, need_catego
         raise EvaluationError(f"Results {source!r}: {len(unknown)} image id(s) are not in the ground truth "
                               f"{gt.source!r}: {_few(unknown)}. Evaluate against the annotation file the images "
                               f"came from.")
+    _check_file_names(results, gt, source)
     cat_pos = {c: n for n, c in enumerate(gt.category_ids)}
     if need_category:
         unknown = sorted({r["category_id"] for r in results if r["category_id"] not in cat_pos}, key=repr)

@@ -7,6 +7,7 @@ and moving results back to the CPU in original pixel coordinates.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from typing import Sequence, Union
 
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from swiftdet.config.schema import Config
 from swiftdet.data.transforms import TestTransform, read_image
-from swiftdet.errors import ConfigError, InputError
+from swiftdet.errors import ConfigError, InputError, WeightsError
 from swiftdet.model.layers import fuse_for_inference
 from swiftdet.structures import Instances
 from swiftdet.weights.checkpoint import build_model_with_weights
@@ -25,6 +26,7 @@ __all__ = ["ImageInput", "Predictor", "build_model_with_weights", "resolve_devic
 
 
 ImageInput = Union[np.ndarray, Tensor, str, os.PathLike]
+logger = logging.getLogger("swiftdet")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -151,7 +153,8 @@ class Predictor:
         self.test_transform = TestTransform.from_config(cfg)
         self.device = resolve_device(device)
         self.batch_size = batch_size
-        model, report = build_model_with_weights(cfg, weights)
+        # The whole model must come from the file: random layers would draw noise.
+        model, report = build_model_with_weights(cfg, weights, require_complete=True)
         if score_thresh is not None:
             model.score_thresh = score_thresh
         # The model as trained (for anything that saves weights) and the one that runs.
@@ -159,6 +162,13 @@ class Predictor:
         self.model = fuse_for_inference(self.source_model) if fast else self.source_model
         self.load_report = report
         self.meta: dict = dict(report.meta) if report is not None else {}
+        for key in ("category_ids", "class_names"):
+            listed = self.meta.get(key)
+            if listed and len(listed) != model.num_classes:
+                # Else a label without a category id fails only after the first image has run.
+                raise WeightsError(f"Weights '{weights or cfg.model.weights}' list {len(listed)} {key} in their meta, "
+                                   f"but the model has {model.num_classes} classes. Save the checkpoint again with "
+                                   f"one entry per class.")
 
     @classmethod
     def from_config(
@@ -171,8 +181,13 @@ class Predictor:
     ) -> "Predictor":
         """Predictor of a named config (or .py config file) with ``key=value`` overrides."""
         from swiftdet.config.core import load_config
+        from swiftdet.weights.checkpoint import config_for_weights
 
-        return cls(load_config(name_or_path, list(overrides)), weights, device, **kwargs)
+        # A checkpoint's own model and input settings, the overrides on top (see config_for_weights).
+        cfg, note = config_for_weights(load_config(name_or_path, list(overrides)), weights, overrides)
+        if note:
+            logger.warning(note)
+        return cls(cfg, weights, device, **kwargs)
 
     @property
     def class_names(self) -> list[str] | None:

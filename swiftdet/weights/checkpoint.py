@@ -33,6 +33,7 @@ __all__ = [
     "make_checkpoint",
     "load_backbone_imagenet",
     "class_dependent_keys",
+    "config_for_weights",
     "load_checkpoint",
     "build_model_with_weights",
     "load_initial_weights",
@@ -96,11 +97,14 @@ def _short_list(keys: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def read_weights_file(path_or_url: str | os.PathLike, *, sha256: str | None = None, allow_pickle: bool = False) -> Any:
+def read_weights_file(path_or_url: str | os.PathLike, *, sha256: str | None = None, allow_pickle: bool = False,
+                      allow_pickle_hint: str = "allow_pickle=True where Python loads it") -> Any:
     """``torch.load`` of a local file or URL on CPU, with user-facing errors.
 
     Only tensors and plain containers are unpickled unless ``allow_pickle`` (which runs the
     file's pickled code: use it only for files you trust, e.g. a whole pickled model).
+    ``allow_pickle_hint`` is how the caller lets its user allow that (a command line that has the
+    flag passes "--allow-pickle"), so that an error never suggests a flag the user's command lacks.
     """
     path = cached_path(path_or_url, sha256=sha256)
     try:
@@ -111,18 +115,34 @@ def read_weights_file(path_or_url: str | os.PathLike, *, sha256: str | None = No
         if match is None or allow_pickle:
             raise WeightsError(
                 f"Weights file '{path}' cannot be read: it is truncated or not a PyTorch file. Download or save it "
-                "again (for a training run's checkpoint: use an older model_*.pth in the same folder)."
+                f"again{_other_run_checkpoints(path)}."
             ) from None
         raise WeightsError(
             f"Weights file '{path}' holds pickled Python objects ({match.group(1)}), not only tensors and plain "
             "containers, so it was not unpickled. If you trust the file (e.g. a whole model saved with "
-            "torch.save(model)), allow pickled objects (allow_pickle=True; --allow-pickle on the command line)."
+            f"torch.save(model)), allow pickled objects ({allow_pickle_hint}), or save its weights alone once: "
+            f"torch.save(torch.load({str(path)!r}, weights_only=False).state_dict(), 'weights.pth')."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise WeightsError(
             f"Weights file '{path}' cannot be read ({' '.join(str(e).split())[:200]}). It is truncated or not a "
-            "PyTorch file; download or save it again (for a training run's checkpoint: use an older model_*.pth)."
+            f"PyTorch file; download or save it again{_other_run_checkpoints(path)}."
         ) from None
+
+
+def _other_run_checkpoints(path: str | os.PathLike) -> str:
+    """For a file in a run's checkpoints folder: the other checkpoints there, as a hint to use one;
+    else nothing (a downloaded or converted file has no older copy to point at)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        # last.pth is a hard link to the newest model_*.pth: that one is the same broken file.
+        others = sorted(n for n in os.listdir(folder) if re.fullmatch(r"model_\d{7,}\.pth", n)
+                        and not os.path.samefile(os.path.join(folder, n), path))
+    except OSError:
+        return ""
+    if not others:
+        return ""
+    return f", or use another checkpoint of that run: {', '.join(os.path.join(folder, n) for n in others[-3:])}"
 
 
 def is_checkpoint(obj: Any) -> bool:
@@ -230,7 +250,7 @@ def match_state_dict(
         raise WeightsError(
             f"Weights file '{source}' does not fit this model: only {len(matched)} of the model's {len(own)} tensors "
             f"are in the file (e.g. missing {_short_list(report.missing, 3)}; the file has "
-            f"{_short_list(report.unexpected, 3)}). It is for another architecture; check --config / model.arch, "
+            f"{_short_list(report.unexpected, 3)}). It is for another architecture; check the config (model.arch), "
             "or convert the file first (swiftdet convert)."
         )
     mismatched = [k for k in matched if tuple(own[k].shape) != tuple(state_dict[k].shape)]
@@ -254,8 +274,8 @@ def match_state_dict(
         details = "; ".join(f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in other[:4])
         raise WeightsError(
             f"Weights file '{source}' has {len(other)} tensors whose shapes do not fit this model outside the "
-            f"class-dependent layers ({details}). It was trained for another architecture or backbone; check --config "
-            "(depth, heads, norm) against the file."
+            f"class-dependent layers ({details}). It was trained for another architecture or backbone; check the "
+            "config (model: depth, heads, norm) against the file."
         )
     skip = set(by_class) | set(other)
     report.skipped = [f"{k}: {tuple(state_dict[k].shape)} -> {tuple(own[k].shape)}" for k in by_class + other]
@@ -369,6 +389,13 @@ def load_initial_weights(model: nn.Module, cfg: "ModelConfig", weights: str | os
     source = weights or cfg.weights
     if source:
         report = load_checkpoint(model, source, model_cfg=cfg)
+        if require_complete and report.num_classes_in_file is not None:
+            # Evaluating or drawing with random class layers gives noise (or labels without a category id).
+            raise WeightsError(
+                f"Weights '{source}' were trained for {report.num_classes_in_file} classes, but this model has "
+                f"{cfg.num_classes} (model.num_classes={cfg.num_classes}): its class layers would stay random. Use "
+                f"the config the weights were trained with, or set model.num_classes={report.num_classes_in_file}."
+            )
         if require_complete and not report.complete:
             raise WeightsError(
                 f"Weights '{source}' do not fill this model exactly: {report.summary()} Use the config the weights "
@@ -400,3 +427,71 @@ def build_model_with_weights(cfg: "Config", weights: str | os.PathLike | None = 
 
     model = build_model(cfg.model, size_divisibility=cfg.input.size_divisibility)
     return model, load_initial_weights(model, cfg.model, weights, require_complete=require_complete)
+
+
+def _stored_config(path: str) -> dict | None:
+    """The config dict a swiftdet checkpoint at local ``path`` holds, else None. Memory-maps the file
+    where it can, so that reading the config does not load the tensors a second time."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an old-format or unreadable file: read_weights_file says what is wrong
+        obj = read_weights_file(path)
+    if is_checkpoint(obj) and isinstance(obj.get("config"), dict):
+        return obj["config"]
+    return None
+
+
+def _flat(tree: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}.{key}"))
+        return out
+    return {prefix: tree}
+
+
+def config_for_weights(cfg: "Config", weights: str | os.PathLike | None = None,
+                       overrides: list[str] | tuple[str, ...] = ()) -> tuple["Config", str | None]:
+    """The config to evaluate or predict with the model file ``weights`` (else ``cfg.model.weights``).
+
+    A swiftdet checkpoint stores the config it was trained with; its ``model`` and ``input``
+    sections (architecture, classes, test sizes and thresholds) replace ``cfg``'s, so that a
+    built-in config name given for a run's checkpoint does not silently run other test sizes.
+    ``overrides`` (the command line's ``key=value``) are applied again on top: what the user set
+    explicitly wins. ``cfg``'s initialisation files (``model.weights``, ``model.backbone.weights``)
+    are kept. A bare state_dict, or a checkpoint without a config, leaves ``cfg`` as it is.
+
+    Returns:
+        (the config, a one-line note saying what differs from ``cfg``, or None when nothing does).
+    """
+    import copy
+
+    from swiftdet.config.core import apply_overrides, config_from_dict, config_to_dict, validate_config
+    from swiftdet.config.schema import InputConfig, ModelConfig
+    from swiftdet.errors import ConfigError
+
+    source = weights or cfg.model.weights
+    if not source:
+        return cfg, None
+    stored = _stored_config(cached_path(source))
+    if stored is None:
+        return cfg, None
+    try:
+        model = config_from_dict(ModelConfig, stored.get("model") or {}, "model")
+        inputs = config_from_dict(InputConfig, stored.get("input") or {}, "input")
+    except ConfigError as e:
+        return cfg, (f"The config stored in '{source}' does not fit this swiftdet version ({' '.join(str(e).split())}); "
+                     "using the given config as it is.")
+    model.weights, model.backbone.weights = cfg.model.weights, cfg.model.backbone.weights
+    merged = copy.deepcopy(cfg)
+    merged.model, merged.input = model, inputs
+    merged = validate_config(apply_overrides(merged, list(overrides)))
+    before, after = config_to_dict(cfg), config_to_dict(merged)
+    # Input first: the test sizes are what a user least expects to change.
+    old = {**_flat(before["input"], "input"), **_flat(before["model"], "model")}
+    new = {**_flat(after["input"], "input"), **_flat(after["model"], "model")}
+    diffs = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    if not diffs:
+        return merged, None
+    shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+    return merged, f"Using the model and input settings stored in '{source}', which differ from the given config: {shown}."

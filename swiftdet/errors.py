@@ -28,3 +28,15 @@ class WeightsError(SwiftdetError, ValueError):
 
 class InputError(SwiftdetError, ValueError):
     """An input image or path the predictor cannot use."""
+
+
+class OutputFolderInUseError(SwiftdetError, RuntimeError):
+    """Another training process (alive, named by its pid and host) holds the lock of the output folder."""
+
+
+class OutputWriteError(SwiftdetError, OSError):
+    """A run's metrics.jsonl could not be appended to: disk full, folder removed, permissions."""
+
+
+class TrainingProcessDiedError(SwiftdetError, RuntimeError):
+    """A process of a multi-process run ended without a Python error (killed, out of memory, a native crash)."""

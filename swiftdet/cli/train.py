@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from swiftdet.config.core import load_config
 from swiftdet.errors import ConfigError
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from swiftdet.engine.checkpoint import CheckpointManager
     from swiftdet.engine.run import train_in_processes
 
     if args.nproc < 1:
@@ -34,5 +37,13 @@ def run(args: argparse.Namespace) -> int:
     output = args.output if args.output is not None else cfg.output_dir
     if args.output is not None:
         cfg.output_dir = args.output
-    train_in_processes(cfg, output, resume=args.resume, nproc=args.nproc)
+    try:
+        train_in_processes(cfg, output, resume=args.resume, nproc=args.nproc)
+    except KeyboardInterrupt:
+        # Ctrl-C, also in the middle of a checkpoint (its temp file is removed): say what is kept.
+        latest = CheckpointManager(Path(output) / "checkpoints", 1).latest()
+        if latest is not None:
+            print(f"swiftdet: training interrupted; the checkpoints in {latest.parent} are intact (newest: "
+                  f"{latest.name}): continue with the same command plus --resume", file=sys.stderr)
+        raise
     return 0

@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from swiftdet.errors import SwiftdetError, WeightsError
+from swiftdet.errors import ConfigError, SwiftdetError, WeightsError
 from swiftdet.utils.io import atomic_torch_save
 
 __all__ = [
     "CheckpointManager",
     "CheckpointWriteError",
     "capture_rng_state",
+    "check_resume_solver_config",
     "check_same_model_config",
     "restore_rng_state",
 ]
@@ -107,6 +108,78 @@ def check_same_model_config(config: dict[str, Any], checkpoint: dict[str, Any], 
             f"Checkpoint '{path}' was trained with another model config ({shown}). Resume with the config the run "
             "was started with (its copy is config.yaml in the output folder), or use another --output folder."
         )
+
+
+# Settings a resumed run cannot honour, so --resume refuses a change of them: the restored optimizer
+# keeps the checkpoint's own hyper-parameters (its lr, momentum and weight decay would silently win),
+# the data stream continues at a position counted in the checkpoint's batches (another batch size
+# would skip or repeat images), its state belongs to its optimizer and its AMP loss scaler, and the
+# data order is drawn from the seed.
+RESUME_REFUSED = (
+    "solver.optimizer", "solver.base_lr", "solver.momentum", "solver.weight_decay", "solver.weight_decay_norm",
+    "solver.weight_decay_bias", "solver.ims_per_batch", "solver.reference_batch_size", "solver.accumulate_steps",
+    "solver.amp", "seed",
+)
+# Settings that decide only what is written, not what is trained.
+RESUME_BOOKKEEPING = ("solver.checkpoint_period", "solver.keep_last", "solver.log_period")
+
+
+def check_resume_solver_config(config: dict[str, Any], checkpoint: dict[str, Any], path: str | Path) -> list[str]:
+    """Compare the training settings of ``config`` with those ``checkpoint`` was trained with.
+
+    Raises ConfigError for a change in :data:`RESUME_REFUSED`. Other changes of the schedule
+    (``max_iter``, ``steps``, warmup, clipping, EMA: extending a run is a common wish) are allowed,
+    and returned as lines to log loudly, since the resumed losses no longer match an uninterrupted
+    run of either config. Settings the checkpoint does not record are not compared.
+    """
+    saved = checkpoint.get("config")
+    if not isinstance(saved, dict):
+        return []
+    ours = {"solver": config.get("solver", {}), "seed": config.get("seed")}
+    theirs = {"solver": saved.get("solver", {}), "seed": saved.get("seed")}
+    changed = [(key, text) for key, text in _keyed_differences(ours, theirs, "") if _holds(theirs, key)]
+    refused = [text for key, text in changed if key in RESUME_REFUSED]
+    if refused:
+        raise ConfigError(
+            f"--resume from '{path}' with changed training settings ({'; '.join(refused)}). A resumed run continues "
+            "the checkpoint's optimizer and data stream, which these settings are part of: the new values would be "
+            "ignored or would skip and repeat images. Resume with the settings the run was started with (its copy "
+            f"is config.yaml in the output folder), or start a new run in another --output folder from these weights "
+            f"with model.weights={path}. Nothing was changed."
+        )
+    schedule = [text for key, text in changed if key not in RESUME_BOOKKEEPING]
+    bookkeeping = [text for key, text in changed if key in RESUME_BOOKKEEPING]
+    notes = []
+    if schedule:
+        notes.append(
+            f"--resume with changed training settings: {'; '.join(schedule)}. The run continues from "
+            f"iteration {checkpoint.get('iteration', '?')} with the new values, so from there on its losses are not "
+            "those of an uninterrupted run of either config (resume is no longer exact)."
+        )
+    if bookkeeping:
+        notes.append(f"--resume with changed output settings ({'; '.join(bookkeeping)}); the training is unchanged.")
+    return notes
+
+
+def _keyed_differences(a: Any, b: Any, prefix: str) -> list[tuple[str, str]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _keyed_differences(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+        return out
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        a, b = list(a), list(b)
+    return [] if a == b else [(prefix, f"{prefix}: checkpoint {b!r}, config {a!r}")]
+
+
+def _holds(saved: dict[str, Any], key: str) -> bool:
+    """Whether the saved config has ``key`` (a checkpoint of an older swiftdet may lack newer fields)."""
+    node: Any = saved
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node or node[part] is None:
+            return False
+        node = node[part]
+    return True
 
 
 class CheckpointManager:

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from swiftdet.errors import SwiftdetError
+from swiftdet.errors import SwiftdetError, TrainingProcessDiedError
 
 __all__ = [
     "all_gather_object",
@@ -107,7 +107,8 @@ def launch(fn: Callable[..., Any], nproc: int, args: tuple = ()) -> None:
     """Run ``fn(*args)`` in ``nproc`` local processes with torchrun-like environment variables.
 
     ``fn`` must be importable (a module-level function). One process runs ``fn`` in place. An
-    exception in any process is raised here once all have ended.
+    exception in any process is raised here once all have ended; a process that ended without one
+    (killed) raises TrainingProcessDiedError naming its rank and signal or exit code.
     """
     if nproc <= 1:
         fn(*args)
@@ -117,9 +118,16 @@ def launch(fn: Callable[..., Any], nproc: int, args: tuple = ()) -> None:
         mp.start_processes(
             _worker, args=(nproc, _free_port(), fn, args, errors), nprocs=nproc, join=True, start_method="spawn"
         )
-    except mp.ProcessExitedException:
+    except mp.ProcessExitedException as error:
         if errors.empty():
-            raise
+            # Ended without a Python error to show (kill -9, the OOM killer, a native crash): say which
+            # process and how, rather than torch's traceback; the launcher stopped the others.
+            how = (f"was killed by signal {error.signal_name}" if error.signal_name
+                   else f"exited with code {error.exit_code}")
+            raise TrainingProcessDiedError(
+                f"process rank {error.error_index} of {nproc} (pid {error.error_pid}) {how}, so the other "
+                "processes were stopped."
+            ) from None
         reported = []
         while not errors.empty():
             reported.append(errors.get())

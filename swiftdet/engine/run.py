@@ -12,6 +12,7 @@ from torch import nn
 
 from swiftdet.config.core import config_to_dict, config_to_yaml
 from swiftdet.config.schema import Config
+from swiftdet.engine.checkpoint import CheckpointManager, check_resume_solver_config, check_same_model_config
 from swiftdet.engine.distributed import (
     get_rank,
     get_world_size,
@@ -21,6 +22,7 @@ from swiftdet.engine.distributed import (
 )
 from swiftdet.engine.evaluator import evaluate_model
 from swiftdet.engine.logging import MetricsWriter, setup_logger
+from swiftdet.engine.run_folder import RunLock, move_leftovers_aside
 from swiftdet.engine.trainer import (
     Trainer,
     check_best_metric,
@@ -30,8 +32,8 @@ from swiftdet.engine.trainer import (
     seed_everything,
     write_config,
 )
-from swiftdet.errors import ConfigError, DatasetError
-from swiftdet.weights.checkpoint import build_model_with_weights
+from swiftdet.errors import ConfigError, DatasetError, TrainingProcessDiedError
+from swiftdet.weights.checkpoint import build_model_with_weights, read_checkpoint
 
 __all__ = [
     "build_detector",
@@ -112,17 +114,39 @@ def run_training(cfg: Config, output_dir: str | Path, *, resume: bool = False) -
     from swiftdet.data import build_train_loader, load_dataset
 
     init_distributed_from_env()
+    lock: RunLock | None = None
     try:
         rank, world = get_rank(), get_world_size()
         output_dir = prepare_output_dir(output_dir, resume=resume)
-        setup_logger(output_dir if rank == 0 else None, rank)
+        if rank == 0:
+            # Rank 0 alone writes the folder, so it alone holds the lock (under --nproc and torchrun alike);
+            # taken before anything is written, so a second run into the folder changes nothing.
+            lock = RunLock.acquire(output_dir)
         batch_size = per_process_batch_size(cfg.solver.ims_per_batch, world, cfg.solver.accumulate_steps)
         check_best_metric(cfg)
+        resume_from = None
+        resume_notes: list[str] = []
+        if resume:
+            # Every check of a resume runs before anything is written: a refused resume leaves the run's
+            # config.yaml (the one its message points to), metrics and log as they were.
+            path = CheckpointManager(output_dir / "checkpoints", 1).latest()
+            assert path is not None  # prepare_output_dir checked
+            state = read_checkpoint(path)
+            check_same_model_config(config_to_dict(cfg), state, path)
+            resume_notes = check_resume_solver_config(config_to_dict(cfg), state, path)
+            resume_from = (path, state)
+        # A fresh run into the folder of a run that died before its first checkpoint: move that run's
+        # files aside, so the two never share metrics.jsonl, log.txt and TensorBoard files.
+        moved = move_leftovers_aside(output_dir) if rank == 0 and not resume else None
+        setup_logger(output_dir if rank == 0 else None, rank)
+        if lock is not None and lock.took_over:
+            logger.warning(lock.took_over)
+        if moved is not None:
+            logger.warning(f"{output_dir} held files of an earlier run without a checkpoint ({', '.join(moved[1])}): "
+                           f"moved them to {moved[0]} (nothing was deleted)")
         if rank == 0:
-            write_config(cfg, output_dir)
-            logger.info(f"config (saved as {output_dir / 'config.yaml'}):\n{config_to_yaml(cfg)}")
-            logger.info(f"{world} process(es), {batch_size} images per process and forward pass, "
-                        f"{cfg.solver.accumulate_steps} accumulation step(s)")
+            for note in resume_notes:
+                logger.warning(note)
         device = default_device()
         train_set = load_dataset(cfg.data.train, training=True, field="data.train",
                                  filter_empty=cfg.data.filter_empty, verbose=rank == 0)
@@ -140,6 +164,12 @@ def run_training(cfg: Config, output_dir: str | Path, *, resume: bool = False) -
             evaluate = _make_evaluate(cfg, test_set)
         elif rank == 0:
             logger.warning("data.test.json is not set: training without evaluation (no best.pth)")
+        if rank == 0:
+            # Written once the data checks passed too, so a refused run never replaces config.yaml.
+            write_config(cfg, output_dir)
+            logger.info(f"config (saved as {output_dir / 'config.yaml'}):\n{config_to_yaml(cfg)}")
+            logger.info(f"{world} process(es), {batch_size} images per process and forward pass, "
+                        f"{cfg.solver.accumulate_steps} accumulation step(s)")
 
         model = build_detector(cfg, device)
         seed_everything(cfg.seed + rank)  # per-process random streams from here on
@@ -148,8 +178,10 @@ def run_training(cfg: Config, output_dir: str | Path, *, resume: bool = False) -
             return build_train_loader(cfg, train_set, batch_size=batch_size, rank=rank, world_size=world, start_iter=start)
 
         trainer = Trainer(cfg, model, train_loader, evaluate, train_set.meta.to_dict(), output_dir, device)
-        return trainer.train(resume=resume)
+        return trainer.train(resume=resume, checkpoint=resume_from)
     finally:
+        if lock is not None:
+            lock.release()
         shutdown_distributed()
 
 
@@ -169,7 +201,16 @@ def train_in_processes(cfg: Config, output_dir: str | Path, *, resume: bool, npr
     # Fail fast in the parent on what every child would reject anyway.
     prepare_output_dir(output_dir, resume=resume)
     per_process_batch_size(cfg.solver.ims_per_batch, nproc, cfg.solver.accumulate_steps)
-    launch(_training_process, nproc, (config_to_dict(cfg), str(output_dir), resume, nproc))
+    try:
+        launch(_training_process, nproc, (config_to_dict(cfg), str(output_dir), resume, nproc))
+    except TrainingProcessDiedError as error:
+        latest = CheckpointManager(Path(output_dir) / "checkpoints", 1).latest()
+        kept = (f"The checkpoints in {latest.parent} are intact (newest: {latest.name}): continue the run with the "
+                f"same command plus --resume (swiftdet train ... --output {output_dir} --resume --nproc {nproc})."
+                if latest is not None else
+                f"No checkpoint had been written yet: run the same command again (swiftdet train ... --output "
+                f"{output_dir} --nproc {nproc}).")
+        raise TrainingProcessDiedError(f"Training stopped: {error} {kept}") from None
     return {}
 
 

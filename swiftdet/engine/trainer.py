@@ -8,6 +8,7 @@ config (dataset, loaders, model) and is what ``swiftdet train`` calls in every p
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -34,7 +35,7 @@ from swiftdet.engine.distributed import all_gather_object, barrier, get_rank, ge
 from swiftdet.engine.ema import ModelEMA
 from swiftdet.engine.logging import MetricsWriter, format_progress, memory_text
 from swiftdet.engine.optim import IterationLRSchedule, build_optimizer, scaled_base_lr
-from swiftdet.errors import ConfigError, SwiftdetError, WeightsError
+from swiftdet.errors import ConfigError, OutputWriteError, SwiftdetError, WeightsError
 from swiftdet.evaluation.coco import detection_metric_specs, keypoint_metric_specs
 from swiftdet.structures import Instances
 from swiftdet.utils.io import atomic_write
@@ -258,13 +259,21 @@ class Trainer:
         barrier()
 
     # ------------------------------------------------------------------------------------------
-    def train(self, resume: bool = False) -> dict[str, float]:
-        """Run (or continue with ``resume``) until ``max_iter``; returns the final evaluation metrics."""
+    def train(self, resume: bool = False, checkpoint: tuple[Path, dict[str, Any]] | None = None) -> dict[str, float]:
+        """Run (or continue with ``resume``) until ``max_iter``; returns the final evaluation metrics.
+
+        ``checkpoint``: (path, state) to resume from, already read (and checked) by the caller;
+        otherwise ``resume`` reads the newest checkpoint of the run.
+        """
         if resume:
-            path = self.checkpoints.latest()
-            if path is None:
-                raise WeightsError(f"--resume was given but {self.checkpoints.directory} holds no checkpoint.")
-            self.load_state_dict(read_checkpoint(path), path)
+            if checkpoint is not None:
+                path, state = checkpoint
+            else:
+                path = self.checkpoints.latest()
+                if path is None:
+                    raise WeightsError(f"--resume was given but {self.checkpoints.directory} holds no checkpoint.")
+                state = read_checkpoint(path)
+            self.load_state_dict(state, path)
             self.last_checkpoint = path
             logger.info(f"resumed from {path} at iteration {self.iteration}")
         if self.rank == 0:
@@ -388,8 +397,9 @@ class Trainer:
         detail = ", ".join(f"{name} = {values[name]}" for name in bad)
         raise TrainingDivergedError(
             f"Training stopped at iteration {self.iteration + 1}: loss term {bad[0]} is not finite ({detail}); the "
-            f"update was not applied. {saved} Lower solver.base_lr, lengthen solver.warmup_iters or set "
-            f"solver.clip_grad_norm, and check the data of this iteration's images; {images}."
+            f"update was not applied. {saved} Lengthen solver.warmup_iters or set solver.clip_grad_norm (a resume "
+            f"may change them), or lower solver.base_lr (in a new run: a resume keeps the checkpoint's optimizer), "
+            f"and check the data of this iteration's images; {images}."
         )
 
     def _step(self) -> None:
@@ -418,8 +428,22 @@ class Trainer:
                   "image_ids": image_ids}
         if self.device.type == "cuda":
             record["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        self._write_record(record)
+
+    def _write_record(self, record: dict[str, Any]) -> None:
         assert self.writer is not None
-        self.writer.write(record)
+        try:
+            self.writer.write(record)
+        except OSError as error:
+            hint = "free some disk space" if error.errno == errno.ENOSPC else "make the folder writable"
+            saved = (f"The last checkpoint {self.last_checkpoint} is intact; continue from it with --resume once you "
+                     f"{hint} (the records after it are dropped and logged again)."
+                     if self.last_checkpoint is not None else
+                     f"No checkpoint had been written yet; start again once you {hint}.")
+            raise OutputWriteError(
+                f"Could not append to {self.writer.path} at iteration {self.iteration}: {error.strerror or error}. "
+                f"{saved}"
+            ) from error
 
     # ------------------------------------------------------------------------------------------
     def _evaluate(self) -> dict[str, float]:
@@ -431,8 +455,7 @@ class Trainer:
             if self.ema is not None:
                 metrics.update(self.evaluate(self.ema.model, "ema/"))
         if self.rank == 0:
-            assert self.writer is not None
-            self.writer.write({"iter": self.iteration, **metrics})
+            self._write_record({"iter": self.iteration, **metrics})
             self._maybe_save_best(metrics)
         barrier()
         return metrics

@@ -218,6 +218,19 @@ def test_polygon_with_two_points(tmp_path):
     _expect(tmp_path, data, "image id 10", "annotation id 1", "polygon 1", "only 2 points")
 
 
+def test_polygon_far_outside_image(tmp_path):
+    # A point at 1e12 (a wrong format, or a fuzzed file) would make rasterising it exhaust the memory.
+    data = _coco()
+    data["annotations"][0]["segmentation"][1] = [3, 3, 1e12, 3, 5, 5]
+    _expect(tmp_path, data, "image id 10", "annotation id 1", "polygon has a point outside the 60x40")
+
+
+def test_polygon_slightly_outside_is_accepted(tmp_path):
+    data = _coco()
+    data["annotations"][0]["segmentation"][1] = [3, 3, 61.5, 3, 5, -1.5]  # within the 2 px tolerance
+    assert len(_load(tmp_path, data)) == 2
+
+
 def test_flat_polygon_instead_of_list_of_polygons(tmp_path):
     data = _coco()
     data["annotations"][0]["segmentation"] = [1, 2, 11, 2, 11, 22]

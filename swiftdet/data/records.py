@@ -71,6 +71,8 @@ def int_column(values: list, what: str, source: str, describe: Callable[[int], s
         if type(v) is not int:
             if not (isinstance(v, float) and v.is_integer()):
                 raise DatasetError(f"{source}: {describe(i)}: {what} must be an integer, got {v!r}.")
+        if not -2**63 <= v < 2**63:  # what the packed int64 columns hold
+            raise DatasetError(f"{source}: {describe(i)}: {what} {v!r} is out of the 64-bit integer range.")
     return np.asarray(values, dtype=np.int64).reshape(-1)
 
 

@@ -49,7 +49,9 @@ def validate_rle(rle: Any, height: int, width: int) -> tuple[bytes | None, str]:
     if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
         return None, "an RLE segmentation must be a dict with 'size' [height, width] and 'counts'"
     size = rle["size"]
-    if not isinstance(size, (list, tuple)) or len(size) != 2 or [int(size[0]), int(size[1])] != [height, width]:
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in size)
+            or [int(size[0]), int(size[1])] != [height, width]):
         return None, f"RLE size {size} differs from the image size [{height}, {width}] (height, width)"
     counts = rle["counts"]
     if isinstance(counts, list):

@@ -10,9 +10,9 @@ Rejected with a :class:`DatasetError` naming the file, the image id and the anno
   - a box with a non-finite coordinate or a negative width/height, or lying outside its image by
     more than max(2 pixels, 1% of the image side) on any edge;
   - ``iscrowd`` other than 0 or 1;
-  - a polygon that is not a list of numbers, has an odd number of coordinates, fewer than 3 points
-    or a non-finite coordinate; a malformed RLE (size different from the image, counts that do not
-    sum to height * width or cannot be decoded);
+  - a polygon that is not a list of numbers, has an odd number of coordinates, fewer than 3 points,
+    a non-finite coordinate, or a point outside its image by more than that margin; a malformed RLE
+    (size different from the image, counts that do not sum to height * width or cannot be decoded);
   - keypoints on a dataset without keypoint names, of the wrong length, not numbers, or with a
     visibility outside {0, 1, 2};
   - with ``check_images``, any image file missing under ``image_root`` (a directory listing per
@@ -139,6 +139,7 @@ def validate(
     check_boxes_inside_images(source, raw, boxes, h, w)
     iscrowd = crowd_flags(source, raw)
     poly_offsets, coord_offsets, poly_coords = polygon_columns(source, raw)
+    check_polygons_inside_images(source, raw, poly_offsets, coord_offsets, poly_coords, h, w)
     rle_index, rles = rle_columns(source, raw, image_index, heights, widths)
     keypoints = keypoint_array(source, raw, meta.num_keypoints)
     return CheckedAnnotations(
@@ -338,6 +339,30 @@ def check_polygons_finite(
         raise _reject(source, "a segmentation polygon has a non-finite coordinate.", image_id=int(raw.image_ids[a]), ann_id=int(raw.ids[a]))
 
 
+def check_polygons_inside_images(
+    source: str, raw: RawAnnotations, poly_offsets: np.ndarray, coord_offsets: np.ndarray, poly_coords: np.ndarray,
+    h: np.ndarray, w: np.ndarray,
+) -> None:
+    """Every polygon point lies inside its annotation's (h, w) image, up to the box margin. A point
+    far outside is a wrong format or image, and rasterising it would walk its whole edge (a
+    coordinate of 1e12 exhausts the memory)."""
+    if len(poly_coords) == 0:
+        return
+    polygon_ann = np.repeat(np.arange(len(poly_offsets) - 1), np.diff(poly_offsets))
+    coord_ann = np.repeat(polygon_ann, np.diff(coord_offsets))
+    # Polygons have even lengths and start at even offsets: even positions are x, odd ones y.
+    is_x = (np.arange(len(poly_coords)) % 2) == 0
+    side = np.where(is_x, w[coord_ann], h[coord_ann])
+    tol = np.maximum(BOX_TOLERANCE_PIXELS, BOX_TOLERANCE_FRACTION * side)
+    outside_coord = (poly_coords < -tol) | (poly_coords > side + tol)
+    outside = np.zeros(len(raw.ids), dtype=bool)
+    outside[coord_ann[outside_coord]] = True
+    _fail_at(source, raw, outside,
+             lambda a: f"a segmentation polygon has a point outside the {int(w[a])}x{int(h[a])} (width x height) image "
+                       f"by more than max({BOX_TOLERANCE_PIXELS:g} px, {BOX_TOLERANCE_FRACTION:.0%} of the side). "
+                       "Check the coordinate format (pixels, x before y) and the image size.")
+
+
 def rle_columns(
     source: str, raw: RawAnnotations, image_index: np.ndarray, heights: np.ndarray, widths: np.ndarray
 ) -> tuple[np.ndarray, list[bytes]]:
@@ -368,6 +393,11 @@ def keypoint_array(source: str, raw: RawAnnotations, k: int) -> np.ndarray:
                       image_id=int(raw.image_ids[a]), ann_id=int(raw.ids[a]),
                       fix="Add 'keypoints' (names) to the category, or remove the annotation's keypoints.")
     lists = list(raw.keypoints.values())
+    not_list = [i for i, v in enumerate(lists) if not isinstance(v, (list, tuple))]
+    if not_list:
+        a = int(kp_pos[not_list[0]])
+        raise _reject(source, f"keypoints must be a flat [x, y, v] * {k} list, got {str(lists[not_list[0]])[:40]}.",
+                      image_id=int(raw.image_ids[a]), ann_id=int(raw.ids[a]))
     lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
     fail_idx = np.nonzero(lengths != 3 * k)[0]
     if len(fail_idx):
@@ -381,12 +411,14 @@ def keypoint_array(source: str, raw: RawAnnotations, k: int) -> np.ndarray:
         a = int(kp_pos[0])
         raise _reject(source, "keypoints must be numbers.", image_id=int(raw.image_ids[a]), ann_id=int(raw.ids[a])) from None
     vis = values[..., 2]
-    bad = np.nonzero(~np.isin(vis, (0, 1, 2)).all(axis=1) | ~np.isfinite(values).all(axis=(1, 2)))[0]
+    with np.errstate(over="ignore"):  # stored as float32: a coordinate beyond its range is not finite there
+        stored = values.astype(np.float32)
+    bad = np.nonzero(~np.isin(vis, (0, 1, 2)).all(axis=1) | ~np.isfinite(stored).all(axis=(1, 2)))[0]
     if len(bad):
         a = int(kp_pos[bad[0]])
         raise _reject(source, "keypoint visibilities must be 0 (not labelled), 1 (occluded) or 2 (visible) and "
                               "coordinates finite.", image_id=int(raw.image_ids[a]), ann_id=int(raw.ids[a]))
-    keypoints[kp_pos] = values.astype(np.float32)
+    keypoints[kp_pos] = stored
     return keypoints
 
 

@@ -224,8 +224,16 @@ def _gt_boxes(anns: list, source: str) -> np.ndarray:
 
 def _rasterised_rle(segm: Any, h: int, w: int) -> dict | None:
     """Polygons (list) or an uncompressed RLE (dict with a list of counts) as a compressed RLE of an
-    ``h`` x ``w`` image, converted as pycocotools' annToRLE does; None for anything else."""
+    ``h`` x ``w`` image, converted as pycocotools' annToRLE does; None for anything else.
+
+    Raises ValueError for a polygon point so far outside the image (beyond 16 image sides) that
+    rasterising it would exhaust the memory: pycocotools walks every edge pixel by pixel.
+    """
     if isinstance(segm, list):
+        limit = 16 * max(h, w, 64)
+        for polygon in segm:
+            if isinstance(polygon, list) and any(_is_number(c) and not -limit <= c <= limit for c in polygon):
+                raise ValueError(f"a polygon has a point more than {limit} pixels outside the {w}x{h} image")
         return mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
     if isinstance(segm, dict) and isinstance(segm.get("counts"), list):
         return mask_utils.frPyObjects(segm, h, w)
@@ -236,6 +244,14 @@ def _gt_rle(ann: dict, image_sizes: dict, source: str) -> dict:
     """The annotation's mask as a compressed RLE, converted the way pycocotools' annToRLE does."""
     segm = ann["segmentation"]
     if isinstance(segm, dict) and isinstance(segm.get("counts"), (str, bytes)):
+        size = segm.get("size")
+        if not (isinstance(size, list) and len(size) == 2 and all(type(s) is int and s >= 0 for s in size)):
+            raise DatasetError(f"Ground truth {source!r}: the RLE segmentation of annotation id {ann['id']!r} has size "
+                               f"{str(size)[:40]}; expected [height, width] integers.")
+        expected = image_sizes.get(ann["image_id"])
+        if expected is not None and list(size) != [expected[0], expected[1]]:
+            raise DatasetError(f"Ground truth {source!r}: the RLE segmentation of annotation id {ann['id']!r} has size "
+                               f"{size} but image id {ann['image_id']!r} is {expected[0]}x{expected[1]} (height x width).")
         return segm
     if ann["image_id"] not in image_sizes:
         raise DatasetError(f"Ground truth {source!r}: image id {ann['image_id']!r} has no 'height'/'width', needed "
@@ -494,6 +510,9 @@ def _is_compressed_rle(segm: Any) -> bool:
 
 
 def _check_rle_size(n: int, r: dict, segm: dict, gt: GroundTruth, source: str) -> dict:
+    if not (isinstance(segm["size"], list) and len(segm["size"]) == 2 and all(type(s) is int for s in segm["size"])):
+        raise EvaluationError(f"Results {source!r}: result #{n} has a mask of size {str(segm['size'])[:40]}; expected "
+                              f"[height, width] integers.")
     size = gt.image_sizes.get(r["image_id"])
     if size is not None and list(segm["size"]) != [size[0], size[1]]:
         raise EvaluationError(f"Results {source!r}: result #{n} has a mask of size {list(segm['size'])} but image "

@@ -123,7 +123,7 @@ def read_weights_file(path_or_url: str | os.PathLike, *, sha256: str | None = No
             f"torch.save(model)), allow pickled objects ({allow_pickle_hint}), or save its weights alone once: "
             f"torch.save(torch.load({str(path)!r}, weights_only=False).state_dict(), 'weights.pth')."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # a corrupt file can make the unpickler raise nearly anything (IndexError, KeyError, ...)
         raise WeightsError(
             f"Weights file '{path}' cannot be read ({' '.join(str(e).split())[:200]}). It is truncated or not a "
             f"PyTorch file; download or save it again{_other_run_checkpoints(path)}."

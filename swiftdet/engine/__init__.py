@@ -1,4 +1,4 @@
-"""Training and evaluation: the iteration loop, checkpoints, logging, several processes, the demo.
+"""Training and evaluation: the iteration loop, checkpoints, logging, several processes.
 
 A training run's folder (``--output DIR``, default ``cfg.output_dir``)::
 
@@ -10,6 +10,9 @@ A training run's folder (``--output DIR``, default ``cfg.output_dir``)::
     DIR/checkpoints/model_NNNNNNN.pth   the last solver.keep_last checkpoints (full training state)
     DIR/checkpoints/last.pth   the newest checkpoint (hard link, or copy)
     DIR/checkpoints/best.pth   model file of the best evaluation by test.best_metric
+    DIR/model_final.pth        model file (weights, config, meta) of the finished run
+    DIR/train.lock             held while a run trains in DIR (pid, host, command)
+    DIR/previous-<time>/       files of an earlier run that died before its first checkpoint
 
 Modules are imported where used (``swiftdet.engine.run``, ``.trainer``...), so importing this package
 stays cheap.

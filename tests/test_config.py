@@ -97,7 +97,7 @@ def test_validation_catches_inconsistent_values():
     with pytest.raises(ConfigError, match="mask_on"):
         load_config("faster_rcnn_R_50_FPN_1x", ["model.arch=fcos", "model.mask_on=true"])
     with pytest.raises(ConfigError, match="num_classes"):
-        load_config("faster_rcnn_R_50_FPN_1x", ["model.num_classes=0"])
+        load_config("faster_rcnn_R_50_FPN_1x", ["model.num_classes=-1"])  # 0 means: from the training data
 
 
 def test_unknown_config_name_suggests_nearest():

@@ -22,7 +22,7 @@ TINY = [
     "model.rpn.pre_nms_topk_test=100", "model.rpn.post_nms_topk_test=50", "model.box_head.fc_dim=64",
     "model.box_head.batch_size_per_image=32", "model.box_head.detections_per_image=20", "model.mask_head.conv_dim=16",
     "model.mask_head.num_convs=1", "model.box_head.score_thresh=0.0", "input.min_size_train=[96]",
-    "input.max_size_train=128", "input.min_size_test=96", "input.max_size_test=128", "solver.max_iter=3", "solver.steps=[2]",
+    "input.max_size_train=128", "input.min_size_test=96", "input.max_size_test=128", "solver.max_iter=3",
     "solver.warmup_iters=2", "solver.ims_per_batch=2", "solver.log_period=1", "data.num_workers=0",
     "test.ims_per_batch=2",
 ]

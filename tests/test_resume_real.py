@@ -118,7 +118,7 @@ def test_two_processes_write_one_run_and_train_on_different_images(tmp_path, syn
     assert len(events) == 1
     assert sorted(set(files) - set(events)) == [
         "checkpoints/last.pth", "checkpoints/model_0000002.pth", "checkpoints/model_0000004.pth",
-        "config.yaml", "log.txt", "metrics.jsonl",
+        "config.yaml", "log.txt", "metrics.jsonl", "model_final.pth",
     ]
     log = (ddp / "log.txt").read_text()
     assert log.count("2 process(es), 2 images per process") == 1

@@ -2,7 +2,7 @@
 
 The defaults describe a Faster R-CNN R50-FPN trained torchvision-style on COCO; named configs under
 ``swiftdet/configs/`` change what differs. ``model.num_classes`` is the only place the number of
-classes is stated; every head reads it from there.
+classes is stated (0: taken from the training data when a run starts); every head reads it from there.
 """
 from __future__ import annotations
 
@@ -176,7 +176,9 @@ class FCOSConfig(Section):
 @dataclass
 class ModelConfig(Section):
     arch: Literal["rcnn", "retinanet", "fcos"] = "rcnn"
-    num_classes: PositiveInt = 80  # foreground classes; the only place this number is stated
+    # Foreground classes; the only place this number is stated. 0: not given, training takes it from
+    # data.train's categories (and the run's config.yaml and checkpoints hold the number it took).
+    num_classes: NonNegativeInt = 0
     mask_on: bool = False
     # 'fpn': FPN features for RPN and RoI heads; 'c4': RPN on res4 and res5 as the RoI box head.
     layout: Literal["fpn", "c4"] = "fpn"
@@ -254,7 +256,11 @@ class SolverConfig(Section):
     max_iter: PositiveInt = 90000
     schedule: Literal["multistep", "cosine"] = "multistep"
     steps: tuple[PositiveInt, ...] = (60000, 80000)
+    # The steps as fractions of max_iter (each in (0, 1), increasing), for a schedule that follows a
+    # changed max_iter: when given they replace `steps` by round(f * max_iter); set steps=[] with them.
+    steps_fraction: tuple[Annotated[float, Range(0, 1, low_open=True, high_open=True)], ...] = ()
     gamma: Fraction = 0.1
+    # A run shorter than its warm-up warms up over all of max_iter (the schedule logs a warning).
     warmup_iters: NonNegativeInt = 1000
     warmup_factor: Fraction = 0.001
     amp: Literal["off", "fp16", "bf16"] = "off"
@@ -264,8 +270,17 @@ class SolverConfig(Section):
     checkpoint_period: PositiveInt = 5000
     keep_last: PositiveInt = 3
     log_period: PositiveInt = 20
+    # Wall-clock budget of the training loop in minutes (0: none): when spent, the run ends cleanly with
+    # a checkpoint and the final evaluation at the iteration it reached; --resume continues it.
+    max_minutes: NonNegativeFloat = 0.0
 
     def validate(self) -> None:
+        _check(not (self.steps and self.steps_fraction),
+               f"solver.steps={list(self.steps)} and solver.steps_fraction={list(self.steps_fraction)} are both set; "
+               "give one: solver.steps=[] to use the fractions of solver.max_iter, or solver.steps_fraction=[] "
+               "to use the iterations.")
+        _check(all(a < b for a, b in zip(self.steps_fraction, self.steps_fraction[1:])),
+               f"solver.steps_fraction {list(self.steps_fraction)} must be increasing.")
         _check(all(0 < s < self.max_iter for s in self.steps) or self.schedule == "cosine",
                f"solver.steps {self.steps} must lie inside (0, solver.max_iter={self.max_iter}).")
         _check(list(self.steps) == sorted(self.steps), "solver.steps must be increasing.")

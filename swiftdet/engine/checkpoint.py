@@ -121,7 +121,7 @@ RESUME_REFUSED = (
     "solver.amp", "seed",
 )
 # Settings that decide only what is written, not what is trained.
-RESUME_BOOKKEEPING = ("solver.checkpoint_period", "solver.keep_last", "solver.log_period")
+RESUME_BOOKKEEPING = ("solver.checkpoint_period", "solver.keep_last", "solver.log_period", "solver.max_minutes")
 
 
 def check_resume_solver_config(config: dict[str, Any], checkpoint: dict[str, Any], path: str | Path) -> list[str]:

@@ -6,6 +6,7 @@ never stopped would use at ``k``.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -13,7 +14,10 @@ from torch import nn
 
 from swiftdet.config.schema import SolverConfig
 
-__all__ = ["NORM_TYPES", "build_optimizer", "scaled_base_lr", "lr_factor", "IterationLRSchedule"]
+__all__ = ["NORM_TYPES", "build_optimizer", "scaled_base_lr", "lr_factor", "schedule_steps", "warmup_length",
+           "IterationLRSchedule"]
+
+logger = logging.getLogger("swiftdet")
 
 # Layers whose parameters get ``weight_decay_norm`` instead of ``weight_decay``.
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -73,21 +77,35 @@ def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optim
     raise ValueError(f"unknown solver.optimizer {solver.optimizer!r}")
 
 
+def schedule_steps(solver: SolverConfig) -> tuple[int, ...]:
+    """The multistep iterations: ``steps``, or ``round(f * max_iter)`` for each of ``steps_fraction``."""
+    if solver.steps_fraction:
+        return tuple(round(f * solver.max_iter) for f in solver.steps_fraction)
+    return tuple(solver.steps)
+
+
+def warmup_length(solver: SolverConfig) -> int:
+    """``warmup_iters``, cut to ``max_iter``: a short run (a quick try of a recipe) still reaches the full
+    rate instead of ending inside the warm-up at a small fraction of it."""
+    return min(solver.warmup_iters, solver.max_iter)
+
+
 def lr_factor(solver: SolverConfig, iteration: int) -> float:
     """Multiplier of the base rate at ``iteration`` (0-based): linear warm-up, then the schedule.
 
-    Warm-up goes linearly from ``warmup_factor`` at iteration 0 to 1 at ``warmup_iters``; it
+    Warm-up goes linearly from ``warmup_factor`` at iteration 0 to 1 at :func:`warmup_length`; it
     multiplies the schedule's own factor, so a step inside the warm-up still applies.
     """
     if solver.schedule == "multistep":
-        factor = solver.gamma ** sum(1 for step in solver.steps if iteration >= step)
+        factor = solver.gamma ** sum(1 for step in schedule_steps(solver) if iteration >= step)
     elif solver.schedule == "cosine":
         progress = min(iteration, solver.max_iter) / solver.max_iter
         factor = 0.5 * (1.0 + math.cos(math.pi * progress))
     else:
         raise ValueError(f"unknown solver.schedule {solver.schedule!r}")
-    if iteration < solver.warmup_iters:
-        alpha = iteration / solver.warmup_iters
+    warmup = warmup_length(solver)
+    if iteration < warmup:
+        alpha = iteration / warmup
         factor *= solver.warmup_factor * (1.0 - alpha) + alpha
     return factor
 
@@ -99,6 +117,12 @@ class IterationLRSchedule:
         self.optimizer = optimizer
         self.solver = solver
         self.iteration = 0
+        if solver.warmup_iters > solver.max_iter:
+            logger.warning(f"solver.warmup_iters={solver.warmup_iters} is longer than solver.max_iter={solver.max_iter}: "
+                           f"the warm-up is cut to {solver.max_iter} iterations")
+        if solver.steps_fraction and solver.schedule == "multistep":
+            logger.info(f"solver.steps_fraction={list(solver.steps_fraction)} of solver.max_iter={solver.max_iter}: "
+                        f"the rate drops at iterations {list(schedule_steps(solver))}")
 
     def step(self, iteration: int) -> float:
         """Apply the rate of ``iteration`` and return it (of the first group)."""

@@ -26,6 +26,7 @@ from swiftdet.engine.run_folder import RunLock, move_leftovers_aside
 from swiftdet.engine.trainer import (
     Trainer,
     check_best_metric,
+    check_initial_weights,
     default_device,
     per_process_batch_size,
     prepare_output_dir,
@@ -111,6 +112,8 @@ def run_training(cfg: Config, output_dir: str | Path, *, resume: bool = False) -
 
     Returns the final evaluation metrics (empty when ``data.test.json`` is not set).
     """
+    import copy
+
     from swiftdet.data import build_train_loader, load_dataset
 
     init_distributed_from_env()
@@ -124,6 +127,9 @@ def run_training(cfg: Config, output_dir: str | Path, *, resume: bool = False) -
             lock = RunLock.acquire(output_dir)
         batch_size = per_process_batch_size(cfg.solver.ims_per_batch, world, cfg.solver.accumulate_steps)
         check_best_metric(cfg)
+        if not resume:
+            # A resumed run's weights come from its checkpoint, whatever the config says about initial ones.
+            check_initial_weights(cfg)
         resume_from = None
         resume_notes: list[str] = []
         if resume:
@@ -132,6 +138,12 @@ def run_training(cfg: Config, output_dir: str | Path, *, resume: bool = False) -
             path = CheckpointManager(output_dir / "checkpoints", 1).latest()
             assert path is not None  # prepare_output_dir checked
             state = read_checkpoint(path)
+            saved_classes = ((state.get("config") or {}).get("model") or {}).get("num_classes")
+            if cfg.model.num_classes == 0 and isinstance(saved_classes, int) and saved_classes > 0:
+                # Not given: the run took the number from data.train when it started, and its checkpoint holds it
+                # (the data check below still compares it with the dataset).
+                cfg = copy.deepcopy(cfg)
+                cfg.model.num_classes = saved_classes
             check_same_model_config(config_to_dict(cfg), state, path)
             resume_notes = check_resume_solver_config(config_to_dict(cfg), state, path)
             resume_from = (path, state)
@@ -156,10 +168,25 @@ def run_training(cfg: Config, output_dir: str | Path, *, resume: bool = False) -
                 "(see the load summary above). Check the annotations, or set data.filter_empty=false to train "
                 "on images without objects."
             )
+        classes_from_data = cfg.model.num_classes == 0
+        if classes_from_data:
+            # Not given: the training data states it. Set before the model, the test-set check and config.yaml,
+            # so that evaluation, prediction and a resume of this run see the number it trained with.
+            cfg = copy.deepcopy(cfg)
+            cfg.model.num_classes = train_set.meta.num_classes
+            if rank == 0:
+                logger.info(f"model.num_classes={cfg.model.num_classes}, from the categories of data.train "
+                            f"({cfg.data.train.json})")
         _check_classes(cfg, train_set.meta, "data.train")
         evaluate = None
         if cfg.data.test.json:
             test_set = _load_test_set(cfg, verbose=rank == 0)
+            if classes_from_data and test_set.meta.num_classes != cfg.model.num_classes:
+                raise ConfigError(
+                    f"data.train ({cfg.data.train.json}) has {cfg.model.num_classes} categories but data.test "
+                    f"({cfg.data.test.json}) has {test_set.meta.num_classes}: a model is trained and evaluated on "
+                    "the same categories. Give both the same categories list."
+                )
             _check_classes(cfg, test_set.meta, "data.test")
             evaluate = _make_evaluate(cfg, test_set)
         elif rank == 0:
@@ -199,6 +226,8 @@ def train_in_processes(cfg: Config, output_dir: str | Path, *, resume: bool, npr
     if nproc <= 1:
         return run_training(cfg, output_dir, resume=resume)
     # Fail fast in the parent on what every child would reject anyway.
+    if not resume:
+        check_initial_weights(cfg)
     prepare_output_dir(output_dir, resume=resume)
     per_process_batch_size(cfg.solver.ims_per_batch, nproc, cfg.solver.accumulate_steps)
     try:

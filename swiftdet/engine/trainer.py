@@ -45,6 +45,7 @@ __all__ = [
     "TrainingDivergedError",
     "Trainer",
     "check_best_metric",
+    "check_initial_weights",
     "default_device",
     "per_process_batch_size",
     "prepare_output_dir",
@@ -100,6 +101,31 @@ def check_best_metric(cfg: Config) -> None:
             f"test.best_metric '{name}' is not a metric this run produces. Choose one of: {', '.join(valid[:14])}"
             + (", ... (the same with 'ema/' in front)" if cfg.solver.ema_decay > 0 else "")
             + "."
+        )
+
+
+def check_initial_weights(cfg: Config) -> None:
+    """Refuse a fresh run whose backbone settings only make sense for pretrained weights when none are given.
+
+    FrozenBN layers keep their loaded statistics (identities when nothing is loaded) and ``freeze_at``
+    stages never train: with random weights such a run trains a detector on a random, frozen backbone,
+    and nothing in its losses says so.
+    """
+    m = cfg.model
+    if m.weights or m.backbone.weights:
+        return
+    reasons = []
+    if m.backbone.norm == "FrozenBN":
+        reasons.append("model.backbone.norm=FrozenBN (frozen statistics, identities without weights)")
+    if m.backbone.freeze_at > 0:
+        reasons.append(f"model.backbone.freeze_at={m.backbone.freeze_at} (stages that never train)")
+    if reasons:
+        raise ConfigError(
+            f"This config is meant to start from pretrained weights ({' and '.join(reasons)}), but neither "
+            f"model.weights nor model.backbone.weights is given: it would train a random ResNet-{m.backbone.depth} "
+            "that cannot learn. Give model.weights=... (a swiftdet or converted model file) or model.backbone.weights=... "
+            "(ImageNet ResNet weights, a path or URL), or train from scratch with the scratch_coco_folder recipe "
+            "(or model.backbone.norm=BN model.backbone.freeze_at=0)."
         )
 
 
@@ -298,6 +324,15 @@ class Trainer:
         finally:
             if self.writer is not None:
                 self.writer.close()
+        # The trained model alone (weights, config, meta; no optimizer, RNG or loader state): the file to
+        # predict with, evaluate or share. Written by the process that writes the run's folder.
+        if self.rank == 0:
+            from swiftdet.utils.io import atomic_torch_save
+
+            final = self.output_dir / "model_final.pth"
+            atomic_torch_save(make_checkpoint(self.module, self.cfg, self.meta), final)
+            logger.info(f"saved the final model {final}")
+        barrier()  # every process returns once the file is there
         return metrics
 
     def _loop(self) -> dict[str, float]:
@@ -314,6 +349,7 @@ class Trainer:
         logger.info(f"starting training from iteration {self.iteration} to {solver.max_iter}")
         recent_times: list[float] = []
         metrics: dict[str, float] = {}
+        started = time.monotonic()  # solver.max_minutes counts from here, in each run and each resume
         while self.iteration < solver.max_iter:
             start = time.perf_counter()
             lr = self.schedule.step(self.iteration)
@@ -351,10 +387,15 @@ class Trainer:
 
             elapsed = time.perf_counter() - start
             recent_times = (recent_times + [elapsed])[-20:]
-            if self.iteration % solver.log_period == 0 or self.iteration == solver.max_iter:
+            out_of_time = self._time_budget_spent(started)
+            if self.iteration % solver.log_period == 0 or self.iteration == solver.max_iter or out_of_time:
                 every_rank_ids = all_gather_object(image_ids)  # collective: every rank logs the same iterations
                 self._log(values, lr, elapsed, data_time, sum(recent_times) / len(recent_times), every_rank_ids)
-            last = self.iteration == solver.max_iter
+            if out_of_time and self.iteration < solver.max_iter:
+                logger.info(f"stopped at iteration {self.iteration} of {solver.max_iter} on the time budget "
+                            f"(solver.max_minutes={solver.max_minutes:g}): saving a checkpoint and evaluating; "
+                            "continue the run with the same command plus --resume")
+            last = self.iteration == solver.max_iter or out_of_time
             eval_period = self.cfg.test.eval_period
             # Evaluate before saving, so the checkpoint of this iteration knows the best value so far.
             if (eval_period > 0 and self.iteration % eval_period == 0) or last:
@@ -362,7 +403,21 @@ class Trainer:
                 self.model.train()
             if self.iteration % solver.checkpoint_period == 0 or last:
                 self.save_checkpoint()
+            if out_of_time:
+                break
         return metrics
+
+    def _time_budget_spent(self, started: float) -> bool:
+        """Whether ``solver.max_minutes`` of training have passed; rank 0's clock decides for every rank, so
+        all processes stop at the same iteration (one tiny broadcast per iteration, only with a budget)."""
+        if self.solver.max_minutes <= 0:
+            return False
+        spent = time.monotonic() - started >= 60.0 * self.solver.max_minutes
+        if self.world_size > 1:
+            flag = torch.tensor([float(spent)], device=self.device)
+            dist.broadcast(flag, src=0)
+            spent = bool(flag.item())
+        return spent
 
     def _fork_rng(self) -> contextlib.AbstractContextManager:
         devices = [self.device.index or 0] if self.device.type == "cuda" else []

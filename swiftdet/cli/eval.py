@@ -10,10 +10,13 @@ HELP = "evaluate a trained model file on the config's test set (COCO box/mask/ke
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="built-in config name, a .py config file or a run's config.yaml")
+    parser.add_argument("config", metavar="CONFIG",
+                        help="built-in config name, a .py config file or a run's config.yaml (OUTPUT/config.yaml of "
+                             "swiftdet train)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.test.json=...")
     parser.add_argument("--weights", required=True, metavar="W",
-                        help="model file (.pth) written by swiftdet train; the model and input settings it stores take "
+                        help="model file (.pth) written by swiftdet train (OUTPUT/model_final.pth, or a checkpoint: "
+                             "checkpoints/last.pth, best.pth, model_*.pth); the model and input settings it stores take "
                              "precedence over CONFIG's (said when they differ), KEY=VALUE overrides win over both")
     parser.add_argument("--output", metavar="DIR", default=None, help="also append the metrics to DIR/metrics.jsonl")
 

@@ -1,10 +1,12 @@
-"""`swiftdet predict --config NAME --weights W --input PATH... --output DIR [KEY=VALUE ...]`.
+"""`swiftdet predict --config NAME --weights W (--input PATH... | --images-from GT.json) --output DIR [KEY=VALUE ...]`.
 
-Writes every input drawn with its detections (DIR/<name>.jpg or .png) and all detections in one
-COCO results file, DIR/predictions.json: ``image_id`` is the input's position in the sorted input
-list (or its id in ``--coco-json`` when given), ``file_name`` the input path, ``bbox`` [x, y, w, h]
-in original pixels, ``segmentation`` compressed RLE for masks, ``category_id`` from the
-checkpoint's meta (label + 1 when it has none).
+Writes every input drawn with its detections (DIR/<name>.jpg or .png; not with ``--no-draw``) and
+all detections in one COCO results file, DIR/predictions.json: ``image_id`` is the input's
+position in the sorted input list (or its id in ``--coco-json`` when given), ``file_name`` the
+input path, ``bbox`` [x, y, w, h] in original pixels, ``segmentation`` compressed RLE for masks,
+``category_id`` from the checkpoint's meta (label + 1 when it has none). With ``--images-from
+GT.json`` the inputs are exactly that file's images (under ``--image-root``), ``image_id`` and
+``file_name`` as the json gives them, so that predictions.json evaluates against it directly.
 
 The user's images are never written over or read back: DIR may not be a folder that holds an
 input image (a drawn copy would replace it or mix with the originals), and when input folders are
@@ -17,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
+import sys
+import time
+from pathlib import Path, PurePosixPath
 
 NAME = "predict"
 HELP = "detect objects in image files or folders; write drawn images and COCO-format predictions.json"
@@ -30,13 +34,25 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. input.min_size_test=600")
     parser.add_argument("--config", required=True, metavar="NAME",
-                        help="built-in config name or a .py config file; the model and input settings stored in a "
+                        help="built-in config name, a .py config file or a run's config.yaml (OUTPUT/config.yaml "
+                             "of swiftdet train); the model and input settings stored in a "
                              "swiftdet checkpoint take precedence (said when they differ), KEY=VALUE overrides win "
                              "over both")
     parser.add_argument("--weights", default=None, metavar="W",
-                        help="checkpoint path or URL (default: the config's model.weights)")
-    parser.add_argument("--input", required=True, nargs="+", metavar="PATH",
-                        help="image files and/or folders (searched recursively for common image types)")
+                        help="checkpoint path or URL: a run's OUTPUT/model_final.pth, checkpoints/last.pth, "
+                             "best.pth or model_*.pth, or converted weights (default: the config's model.weights)")
+    # Not required by argparse: --images-from may stand in for it (run() says when neither is given).
+    parser.add_argument("--input", default=None, nargs="+", metavar="PATH",
+                        help="image files and/or folders (searched recursively for common image types); "
+                             "or give --images-from instead")
+    parser.add_argument("--images-from", default=None, metavar="JSON",
+                        help="predict exactly the images of this COCO annotation file (e.g. your val.json), with its "
+                             "image ids and file names, so that predictions.json evaluates against it (swiftdet "
+                             "coco-eval); instead of --input")
+    parser.add_argument("--image-root", default=None, metavar="DIR",
+                        help="folder the file names of --images-from (or --coco-json) are relative to, as "
+                             "data.test.image_root (default for --images-from: the json's folder, or the folder above "
+                             "it when the images are there, as in DATA/annotations/val.json)")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="folder for drawn images and predictions.json; it may not hold input images (their drawn "
                              "copies would replace them), and a folder inside an input folder is left out when that "
@@ -50,8 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plain", action="store_true",
                         help="run the model exactly as trained, without folding norms into convs (slower; same detections within float rounding)")
     parser.add_argument("--coco-json", default=None, metavar="JSON",
-                        help="COCO annotation file whose image ids the predictions should use (matched by file name); "
-                             "needed to evaluate predictions.json against it (swiftdet coco-eval)")
+                        help="COCO annotation file whose image ids the predictions should use (matched by the json's "
+                             "file_name, a path relative to its image root, else by base name where that is "
+                             "unambiguous); needed to evaluate predictions.json against it (swiftdet coco-eval)")
+    parser.add_argument("--no-draw", action="store_true",
+                        help="do not draw and save the images (faster); predictions.json is still written")
     parser.add_argument("--strict", action="store_true",
                         help="exit with an error (code 2) when an input image cannot be read, after predicting the "
                              "others; by default it is skipped and listed in DIR/skipped_images.txt (an error only "
@@ -141,25 +160,136 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def _coco_image_ids(json_path: str, paths: list[Path]) -> list[int]:
+def _read_coco_images(json_path: str) -> list[dict]:
+    """The ``images`` list of a COCO annotation file, each with an int ``id`` and a str ``file_name``."""
     from swiftdet.errors import InputError
 
     try:
         with open(json_path) as f:
             images = json.load(f)["images"]
+        return [{"id": int(img["id"]), "file_name": str(img.get("file_name", ""))} for img in images]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"Cannot read image ids from COCO file '{json_path}': {e}.") from None
-    by_name: dict[str, int] = {}
+
+
+def _name_parts(file_name: str) -> tuple[str, ...]:
+    # COCO files written on Windows use backslashes; "./a.jpg" is "a.jpg".
+    return tuple(part for part in PurePosixPath(file_name.replace("\\", "/")).parts if part not in (".", "/"))
+
+
+def _coco_image_ids(json_path: str, paths: list[Path], image_root: str | None = None) -> list[int]:
+    """The json's image id of each input, matched by the json's ``file_name`` (a path relative to
+    the image root): the input's path relative to ``image_root`` when given, else the input path
+    ending in that file_name; failing both, by base name when one image of the json has it.
+
+    Base names alone are ambiguous in a json that lists train/0001.jpg and val/0001.jpg.
+    """
+    from swiftdet.errors import InputError
+
+    images = _read_coco_images(json_path)
+    by_base: dict[str, list[tuple[tuple[str, ...], int]]] = {}
     for img in images:
-        by_name.setdefault(os.path.basename(str(img.get("file_name", ""))), int(img["id"]))
-    missing = [str(p) for p in paths if p.name not in by_name]
+        parts = _name_parts(img["file_name"])
+        if parts:
+            by_base.setdefault(parts[-1], []).append((parts, img["id"]))
+    root = Path(image_root).resolve() if image_root else None
+    ids: list[int] = []
+    missing: list[str] = []
+    ambiguous: list[str] = []
+    for p in paths:
+        candidates = by_base.get(p.name, [])
+        full = p.resolve().parts
+        if root is not None and _is_under(p.resolve(), root):
+            relative = p.resolve().relative_to(root).parts
+            matched = [c for c in candidates if c[0] == relative]
+        else:
+            matched = [c for c in candidates if full[-len(c[0]):] == c[0]]
+            if matched:  # the longest file_name that the path ends in is the most specific match
+                longest = max(len(c[0]) for c in matched)
+                matched = [c for c in matched if len(c[0]) == longest]
+        if not matched and len(candidates) == 1:
+            matched = candidates  # the file moved, but its base name is unique in the json
+        if len({c[1] for c in matched}) == 1:
+            ids.append(matched[0][1])
+        elif matched or candidates:
+            ambiguous.append(f"{p} ({', '.join('/'.join(c[0]) for c in (matched or candidates)[:3])})")
+        else:
+            missing.append(str(p))
+    if ambiguous:
+        raise InputError(f"{len(ambiguous)} inputs match several images of '{json_path}' by base name and none by "
+                         f"their path relative to the image root, e.g. {ambiguous[0]}. Pass --image-root (the folder "
+                         "the json's file names are relative to), or predict its images with --images-from.")
     if missing:
         raise InputError(f"{len(missing)} inputs are not images of '{json_path}' (matched by file name), e.g. "
                          f"{missing[:3]}. Predict only that dataset's images, or leave out --coco-json.")
-    return [by_name[p.name] for p in paths]
+    return ids
+
+
+def images_from_json(json_path: str, image_root: str | None = None) -> tuple[list[Path], list[int], list[str], Path]:
+    """(paths, image ids, file names as the json gives them, the image root used) of every image of a
+    COCO annotation file, in its order.
+
+    Without ``image_root`` the json's folder is used, or the folder above it when the first image is
+    found there but not in the json's folder (the usual DATA/annotations/val.json layout).
+
+    Raises:
+        InputError: the json lists no images, or none of them is under the image root.
+    """
+    from swiftdet.errors import InputError
+
+    images = _read_coco_images(json_path)
+    if not images:
+        raise InputError(f"COCO file '{json_path}' lists no images (its 'images' list is empty): nothing to predict.")
+    if image_root is not None:
+        root = Path(image_root)
+    else:
+        here = Path(json_path).resolve().parent
+        first = images[0]["file_name"]
+        root = here.parent if not (here / first).is_file() and (here.parent / first).is_file() else here
+    paths = [root / img["file_name"] for img in images]
+    if not any(p.is_file() for p in paths):
+        raise InputError(f"None of the {len(paths)} images of '{json_path}' is under {root} (e.g. {paths[0]}). Pass "
+                         "--image-root, the folder the json's file names are relative to (data.test.image_root).")
+    return paths, [img["id"] for img in images], [img["file_name"] for img in images], root
+
+
+def _inputs(args: argparse.Namespace) -> tuple[list[Path], list[int] | None, list[str] | None]:
+    """(paths, image ids or None for positions, file names for predictions.json or None for the
+    paths) of ``--input`` or ``--images-from``, the output folder checked against them."""
+    from swiftdet.errors import InputError
+
+    images_from = getattr(args, "images_from", None)  # Namespaces built by hand may lack the newer flags
+    image_root = getattr(args, "image_root", None)
+    if images_from is None and not args.input:
+        raise InputError("Nothing to predict: give --input PATH... (image files or folders) or --images-from GT.json "
+                         "(the images of a COCO annotation file).")
+    if images_from is not None and args.input:
+        raise InputError("Give either --input or --images-from, not both: --images-from GT.json predicts exactly the "
+                         "images of GT.json; to give its ids to other inputs use --input ... --coco-json GT.json.")
+    if images_from is not None:
+        if args.coco_json and Path(args.coco_json).resolve() != Path(images_from).resolve():
+            raise InputError(f"--images-from '{images_from}' already gives the image ids; --coco-json "
+                             f"'{args.coco_json}' names another file. Leave out --coco-json.")
+        paths, ids, names, root = images_from_json(images_from, image_root)
+        check_output_folder(args.output, [], paths)
+        print(f"{len(paths)} images of {images_from} under {root}")
+        return paths, ids, names
+    if image_root is not None and not args.coco_json:
+        raise InputError("--image-root goes with --images-from GT.json or --coco-json GT.json: it is the folder the "
+                         "json's file names are relative to.")
+    left_out: list[Path] = []
+    paths = collect_images(args.input, exclude=args.output, left_out=left_out)
+    check_output_folder(args.output, args.input, paths)
+    if left_out:
+        print(f"left out {len(left_out)} images under the output folder {args.output} (drawings of an earlier run are "
+              "not predicted on)")
+    ids = _coco_image_ids(args.coco_json, paths, image_root) if args.coco_json else None
+    return paths, ids, None
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from swiftdet.config.core import load_config
     from swiftdet.data.transforms import read_image
     from swiftdet.errors import InputError
@@ -170,13 +300,10 @@ def run(args: argparse.Namespace) -> int:
     from swiftdet.weights.checkpoint import config_for_weights
 
     cfg = load_config(args.config, args.overrides)
-    left_out: list[Path] = []
-    paths = collect_images(args.input, exclude=args.output, left_out=left_out)
-    check_output_folder(args.output, args.input, paths)
-    if left_out:
-        print(f"left out {len(left_out)} images under the output folder {args.output} (drawings of an earlier run are "
-              "not predicted on)")
-    image_ids = _coco_image_ids(args.coco_json, paths) if args.coco_json else list(range(len(paths)))
+    paths, ids, file_names = _inputs(args)
+    image_ids = ids if ids is not None else list(range(len(paths)))
+    file_names = file_names if file_names is not None else [str(p) for p in paths]
+    draw = not getattr(args, "no_draw", False)
     # A run's checkpoint is drawn with its own model and test settings (the overrides still apply).
     cfg, note = config_for_weights(cfg, args.weights, args.overrides)
     if note:
@@ -190,20 +317,28 @@ def run(args: argparse.Namespace) -> int:
     results: list[dict] = []
     skipped: list[tuple[Path, str]] = []
     count = 0
+    # The bar only on a terminal (a log file would fill with redraws); the summary line below always.
+    bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    started = time.perf_counter()
     for start in range(0, len(paths), args.batch_size):
         batch, images = [], []
-        for i in range(start, min(start + args.batch_size, len(paths))):
+        stop = min(start + args.batch_size, len(paths))
+        for i in range(start, stop):
             try:
                 images.append(read_image(paths[i]))
             except InputError as e:  # one unreadable file must not cost the predictions of all the others
                 skipped.append((paths[i], " ".join(str(e).split())))
-                print(f"skipped {paths[i]}: {skipped[-1][1]}")
+                bar.write(f"skipped {paths[i]}: {skipped[-1][1]}", file=sys.stdout)
                 continue
             batch.append(i)
         if not batch:
+            bar.update(stop - start)
             continue
         for i, image, instances in zip(batch, images, predictor(images)):
-            results.extend(instances_to_coco_results(instances, image_ids[i], category_ids, file_name=str(paths[i])))
+            results.extend(instances_to_coco_results(instances, image_ids[i], category_ids, file_name=file_names[i]))
+            count += len(instances)
+            if not draw:
+                continue
             shown = instances[instances.scores >= args.draw_thresh]
             drawn = draw_instances(
                 image.permute(1, 2, 0).numpy(),
@@ -215,15 +350,18 @@ def run(args: argparse.Namespace) -> int:
                 class_names=predictor.class_names,
             )
             save_image(drawn, out_dir / names[i])
-            count += len(instances)
+        bar.update(stop - start)
+    bar.close()
+    seconds = time.perf_counter() - started
+    done = len(paths) - len(skipped)
+    print(f"{done} images in {seconds:.1f} s ({done / max(seconds, 1e-9):.2f} images/s)", file=sys.stderr)
     atomic_write(out_dir / "predictions.json", lambda f: f.write(json.dumps(results)), mode="w")
     skipped_file = out_dir / SKIPPED_FILE
     if skipped:
         atomic_write(skipped_file, lambda f: f.write("".join(f"{p}\t{why}\n" for p, why in skipped)), mode="w")
     elif skipped_file.is_file():
         skipped_file.unlink()  # an earlier run's list would describe files this run did read
-    done = len(paths) - len(skipped)
-    print(f"{done} images, {count} detections: drawn images and predictions.json in {out_dir}"
+    print(f"{done} images, {count} detections: {'drawn images and ' if draw else ''}predictions.json in {out_dir}"
           + (f"; {len(skipped)} unreadable image(s) skipped (listed in {skipped_file})" if skipped else ""))
     strict = getattr(args, "strict", False)  # Namespaces built by hand before --strict existed lack it
     if skipped and (strict or done == 0):

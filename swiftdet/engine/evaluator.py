@@ -15,11 +15,13 @@ carry it as ``<iou_type>/area_from`` ("box", "mask", "keypoints" or "none").
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from swiftdet.engine.distributed import all_gather_object, get_rank
 from swiftdet.evaluation.coco import CocoEvaluation, format_metrics, run_coco_evaluation
@@ -51,6 +53,9 @@ def run_inference(
 
     ``loader`` yields lists of samples with ``image``, ``image_id``, ``file_name`` and
     ``original_size``. The model is put in eval mode and back into its previous mode afterwards.
+
+    Progress: rank 0 draws a bar (images/s, ETA) on stderr when it is a terminal, else logs a line
+    every ``log_every`` batches; "N images in S s (X images/s)" is logged at the end.
     """
     detector = _unwrap(model)
     was_training = detector.training
@@ -58,17 +63,28 @@ def run_inference(
     results: dict[int, list[dict]] = {}
     start = time.perf_counter()
     total = len(loader) if hasattr(loader, "__len__") else None
+    sampler = getattr(loader, "sampler", None)  # TestLoader's: this rank's images, for the bar's total
+    total_images = len(sampler) if hasattr(sampler, "__len__") else None
+    # A bar only where someone watches it (a log file would fill with redraws), and from one rank.
+    bar = tqdm(total=total_images, unit="img", desc="inference", file=sys.stderr, dynamic_ncols=True, leave=False,
+               disable=get_rank() != 0 or not sys.stderr.isatty())
+    num_images = 0
     try:
         for index, batch in enumerate(loader):
             predictions = detector.predict([s.image for s in batch], [tuple(s.original_size) for s in batch])
             for sample, instances in zip(batch, predictions):
                 results[int(sample.image_id)] = instances_to_coco_results(instances.to("cpu"), sample.image_id, category_ids)
-            if log_every and (index + 1) % log_every == 0:
+            num_images += len(batch)
+            bar.update(len(batch))
+            if log_every and bar.disable and (index + 1) % log_every == 0:
                 per_batch = (time.perf_counter() - start) / (index + 1)
                 left = f", eta {per_batch * (total - index - 1):.0f}s" if total is not None else ""
                 logger.info(f"inference: {index + 1}{'/' + str(total) if total else ''} batches, {per_batch:.3f}s/batch{left}")
     finally:
+        bar.close()
         detector.train(was_training)
+    seconds = time.perf_counter() - start
+    logger.info(f"inference: {num_images} images in {seconds:.1f} s ({num_images / max(seconds, 1e-9):.2f} images/s)")
     return results
 
 

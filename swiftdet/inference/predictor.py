@@ -179,7 +179,8 @@ class Predictor:
         device: str | torch.device = "cpu",
         **kwargs,
     ) -> "Predictor":
-        """Predictor of a named config (or .py config file) with ``key=value`` overrides."""
+        """Predictor of a named config (or a .py config file, or a run's ``config.yaml``) with ``key=value``
+        overrides; ``weights`` may be a run's ``model_final.pth`` or any of its checkpoints."""
         from swiftdet.config.core import load_config
         from swiftdet.weights.checkpoint import config_for_weights
 

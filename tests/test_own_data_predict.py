@@ -14,15 +14,7 @@ from swiftdet.cli.main import build_parser, main
 from swiftdet.demo.synth import generate_synthetic_coco
 from swiftdet.inference import Predictor
 from swiftdet.weights import read_checkpoint
-
-# As tests/test_config_fields.py: a Mask R-CNN small enough to train two iterations in seconds.
-TINY_RCNN = [
-    "model.backbone.depth=18", "model.fpn.out_channels=16", "model.rpn.batch_size_per_image=32",
-    "model.rpn.pre_nms_topk_train=50", "model.rpn.post_nms_topk_train=20", "model.rpn.pre_nms_topk_test=50",
-    "model.rpn.post_nms_topk_test=20", "model.box_head.fc_dim=16", "model.box_head.conv_dim=16",
-    "model.box_head.batch_size_per_image=16", "model.mask_head.conv_dim=8", "model.mask_head.num_convs=1",
-    "input.min_size_train=[64]", "input.max_size_train=64", "input.min_size_test=64", "input.max_size_test=64",
-]
+from test_config_fields import TINY_RCNN  # the Mask R-CNN that trains two iterations in seconds
 
 
 @pytest.fixture(scope="module")

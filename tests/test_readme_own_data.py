@@ -46,3 +46,8 @@ def test_the_readme_own_data_path_runs_as_written(tmp_path, monkeypatch, capsys)
     assert {p["image_id"] for p in predictions} <= {im["id"] for im in val["images"]}
     assert len(list((run / "predictions").glob("*.jpg")) + list((run / "predictions").glob("*.png"))) == 3
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all" in out  # coco-eval's table
+    # train ends with a report: the AP table, the AP of each class, and drawn validation images.
+    report = (run / "report.txt").read_text()
+    assert "bbox" in report and "segm" in report and "AP per class:" in report
+    assert any(shape in report for shape in ("circle", "triangle", "rectangle", "star", "cross"))
+    assert len(list((run / "val_predictions").glob("*.jpg"))) == 3 and "runs/mine/val_predictions" in report

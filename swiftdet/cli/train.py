@@ -46,4 +46,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"swiftdet: training interrupted; the checkpoints in {latest.parent} are intact (newest: "
                   f"{latest.name}): continue with the same command plus --resume", file=sys.stderr)
         raise
+    if cfg.data.test.json and (Path(output) / "model_final.pth").is_file():
+        from swiftdet.cli.report import write_report
+
+        write_report(Path(output), cfg.data.test.json, cfg.data.test.image_root)
     return 0

@@ -11,6 +11,7 @@ A training run's folder (``--output DIR``, default ``cfg.output_dir``)::
     DIR/checkpoints/last.pth   the newest checkpoint (hard link, or copy)
     DIR/checkpoints/best.pth   model file of the best evaluation by test.best_metric
     DIR/model_final.pth        model file (weights, config, meta) of the finished run
+    DIR/report.txt             `swiftdet train`'s summary: AP table, AP per class, drawn val_predictions/
     DIR/train.lock             held while a run trains in DIR (pid, host, command)
     DIR/previous-<time>/       files of an earlier run that died before its first checkpoint
 

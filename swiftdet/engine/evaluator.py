@@ -146,6 +146,9 @@ def evaluate_model(
             logger.info(format_metrics(values, title=f"{prefix}{iou_type} ({num_images} images with detections)"))
             logger.info(f"{prefix}{iou_type} {evaluation.area_note()}")
             metrics.update({f"{prefix}{iou_type}/{name}": float(v) for name, v in values.items()})
+            # Per-class AP, as detectron2 reports it ("bbox/AP-person"); classes without ground truth are left out.
+            metrics.update({f"{prefix}{iou_type}/AP-{name}": ap for name, ap in evaluation.per_category_ap().items()
+                            if ap >= 0})
             metrics[f"{prefix}{iou_type}/area_from"] = evaluation.area_source
         logger.info(f"evaluation took {time.perf_counter() - start:.1f}s")
     return all_gather_object(metrics)[0]

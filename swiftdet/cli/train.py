@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"swiftdet: training interrupted; the checkpoints in {latest.parent} are intact (newest: "
                   f"{latest.name}): continue with the same command plus --resume", file=sys.stderr)
         raise
-    if cfg.data.test.json and (Path(output) / "model_final.pth").is_file():
+    # Under torchrun every process runs this command; the one that writes the run's folder reports.
+    if cfg.data.test.json and os.environ.get("RANK", "0") == "0" and (Path(output) / "model_final.pth").is_file():
         from swiftdet.cli.report import write_report
 
         write_report(Path(output), cfg.data.test.json, cfg.data.test.image_root)

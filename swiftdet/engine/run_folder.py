@@ -148,7 +148,8 @@ def _parse(data: bytes) -> dict[str, Any]:
 def run_leftovers(output_dir: str | Path) -> list[Path]:
     """The files a run writes that are in ``output_dir`` (checkpoints/ only when not empty)."""
     output_dir = Path(output_dir)
-    found = [output_dir / name for name in ("config.yaml", "metrics.jsonl", "log.txt") if (output_dir / name).exists()]
+    names = ("config.yaml", "metrics.jsonl", "log.txt", "model_final.pth", "report.txt", "val_predictions")
+    found = [output_dir / name for name in names if (output_dir / name).exists()]
     found += sorted(output_dir.glob("events.out.tfevents.*"))
     checkpoints = output_dir / "checkpoints"
     if checkpoints.is_dir() and any(checkpoints.iterdir()):

@@ -38,7 +38,7 @@ from swiftdet.engine.optim import IterationLRSchedule, build_optimizer, scaled_b
 from swiftdet.errors import ConfigError, OutputWriteError, SwiftdetError, WeightsError
 from swiftdet.evaluation.coco import detection_metric_specs, keypoint_metric_specs
 from swiftdet.structures import Instances
-from swiftdet.utils.io import atomic_write
+from swiftdet.utils.io import atomic_torch_save, atomic_write
 from swiftdet.weights.checkpoint import make_checkpoint, read_checkpoint
 
 __all__ = [
@@ -327,8 +327,6 @@ class Trainer:
         # The trained model alone (weights, config, meta; no optimizer, RNG or loader state): the file to
         # predict with, evaluate or share. Written by the process that writes the run's folder.
         if self.rank == 0:
-            from swiftdet.utils.io import atomic_torch_save
-
             final = self.output_dir / "model_final.pth"
             atomic_torch_save(make_checkpoint(self.module, self.cfg, self.meta), final)
             logger.info(f"saved the final model {final}")

@@ -14,7 +14,7 @@ from swiftdet.cli import predict as predict_cmd
 from swiftdet.config.core import config_to_dict, load_config
 from swiftdet.errors import ConfigError, InputError, WeightsError
 from swiftdet.inference import Predictor
-from swiftdet.structures import BitMasks
+from swiftdet.structures import CroppedMasks
 from swiftdet.model.build import build_model
 from swiftdet.utils.io import atomic_torch_save
 from swiftdet.weights import make_checkpoint
@@ -56,7 +56,7 @@ def test_numpy_tensor_and_path_inputs_agree(predictor, tmp_path):
         got = predictor([other])[0]
         assert torch.equal(got.boxes.tensor, from_numpy[0].boxes.tensor)
     r = from_numpy[0]
-    assert len(r) == 5 and isinstance(r.masks, BitMasks) and r.masks.tensor.shape == (5, 40, 60)
+    assert len(r) == 5 and isinstance(r.masks, CroppedMasks) and r.masks.tensor.shape == (5, 40, 60)
     assert float(r.boxes.tensor[:, 0::2].max()) <= 60 and float(r.boxes.tensor[:, 1::2].max()) <= 40
     assert predictor.category_ids == [5, 7, 9] and predictor.class_names == ["a", "b", "c"]
 

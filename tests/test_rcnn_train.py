@@ -10,7 +10,7 @@ from swiftdet.config.core import load_config
 from swiftdet.config.schema import ModelConfig
 from swiftdet.errors import InputError
 from swiftdet.model.build import build_model
-from swiftdet.structures import BitMasks, Boxes, Instances, PolygonMasks
+from swiftdet.structures import Boxes, CroppedMasks, Instances, PolygonMasks
 
 LOSS_NAMES = {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"}
 
@@ -97,7 +97,7 @@ def test_tiny_mask_rcnn_learns(name, steps):
     results = model.predict(images)
     assert [r.image_size for r in results] == [(96, 120), (96, 120)]
     for r in results:
-        assert isinstance(r.masks, BitMasks) and r.masks.image_size == (96, 120)
+        assert isinstance(r.masks, CroppedMasks) and r.masks.image_size == (96, 120)
         assert r.labels.dtype == torch.int64 and (r.labels.numel() == 0 or 0 <= int(r.labels.min()) <= int(r.labels.max()) < 3)
     assert model.training is False
 

@@ -345,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
                 boxes=shown.boxes.tensor.numpy(),
                 labels=shown.labels.numpy(),
                 scores=shown.scores.numpy(),
-                masks=shown.masks.tensor.numpy() if shown.masks is not None else None,
+                masks=shown.masks,  # CroppedMasks: drawn crop by crop, never at full size
                 keypoints=shown.keypoints.tensor.numpy() if shown.keypoints is not None else None,
                 class_names=predictor.class_names,
             )

@@ -7,20 +7,53 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import torch
 
-from swiftdet.structures import BitMasks, Instances
+from swiftdet.structures import BitMasks, CroppedMasks, Instances
 
 __all__ = ["instances_to_coco_results"]
 
 
-def _mask_array(masks: object, count: int) -> np.ndarray:
-    """(N, H, W) bool numpy array from predicted masks pasted at the image size (BitMasks)."""
-    if not isinstance(masks, BitMasks) or len(masks) != count:
-        got = f"{len(masks)} BitMasks" if isinstance(masks, BitMasks) else type(masks).__name__
+def _crop_rle(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> dict:
+    """COCO compressed RLE of a (h, w) bool crop placed at (x0, y0) in a height x width image,
+    equal to ``mask_utils.encode`` of the full mask but built in the memory of ``height * w``.
+
+    COCO RLE runs down the columns (Fortran order): the columns left and right of the crop are
+    one run of zeros each, and inside the crop's columns the rows above and below it are zeros.
+    """
+    h, w = crop.shape
+    if h == 0 or w == 0 or not crop.any():
+        counts = [height * width]
+    else:
+        column_block = np.zeros((w, height), dtype=np.uint8)  # the crop's columns, full height, transposed
+        column_block[:, y0 : y0 + h] = crop.T
+        flat = column_block.reshape(-1)
+        change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        runs = np.diff(np.concatenate(([0], change, [flat.size])))
+        counts = ([0] if flat[0] else []) + runs.tolist()  # RLE starts with a run of zeros
+        counts[0] += x0 * height
+        trailing = (width - x0 - w) * height
+        if len(counts) % 2 == 1:  # ends with zeros
+            counts[-1] += trailing
+        elif trailing:
+            counts.append(trailing)
+    return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+
+
+def _mask_rles(masks: object, count: int) -> list[dict]:
+    """COCO compressed RLEs of predicted masks pasted at the image size (CroppedMasks or BitMasks)."""
+    if not isinstance(masks, (CroppedMasks, BitMasks)) or len(masks) != count:
+        got = f"{len(masks)} {type(masks).__name__}" if isinstance(masks, (CroppedMasks, BitMasks)) else type(masks).__name__
         raise ValueError(
-            f"instances_to_coco_results needs {count} masks pasted at the image size (BitMasks); got {got}. "
-            "Call model.postprocess first."
+            f"instances_to_coco_results needs {count} masks pasted at the image size (CroppedMasks or BitMasks); "
+            f"got {got}. Call model.postprocess first."
         )
-    return masks.tensor.detach().cpu().numpy()
+    if isinstance(masks, BitMasks):
+        array = masks.tensor.detach().cpu().numpy()
+        return mask_utils.encode(np.asfortranarray(array.transpose(1, 2, 0).astype(np.uint8)))
+    height, width = masks.image_size
+    return [
+        _crop_rle(crop.detach().cpu().numpy(), x0, y0, height, width)
+        for crop, (x0, y0) in zip(masks.crops, masks.offsets.tolist())
+    ]
 
 
 def instances_to_coco_results(
@@ -34,7 +67,7 @@ def instances_to_coco_results(
 
     Args:
         instances: predictions in original-image pixels (after ``model.postprocess``): boxes, labels,
-            scores, and optionally masks (BitMasks at the image size) and keypoints (N, K, 3).
+            scores, and optionally masks (CroppedMasks or BitMasks at the image size) and keypoints (N, K, 3).
         image_id: the image's id in the dataset.
         category_ids: dataset category id of each contiguous label (``meta["category_ids"]``).
         file_name: added to every dict when given (handy for results of images outside a dataset).
@@ -61,8 +94,7 @@ def instances_to_coco_results(
                          "Call model.postprocess first.")
     rles = None
     if instances.masks is not None:
-        masks = _mask_array(instances.masks, count)
-        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+        rles = _mask_rles(instances.masks, count)
     keypoints = None
     if instances.keypoints is not None:
         keypoints = instances.keypoints.tensor.detach().float().cpu().reshape(count, -1).tolist()

@@ -3,9 +3,9 @@
 Mask pasting follows torchvision's ``paste_masks_in_image`` exactly (the M x M probabilities are
 padded by one pixel, the box is grown by (M + 2) / M, truncated to integers, the padded mask is
 resized bilinearly to the box's integer size and placed, clipped, in the image), but it never
-builds a full-image float mask per detection and has no Python loop over detections: detections
-are grouped by box size, and each group is resampled only inside a window as large as its largest
-box, all at once.
+builds a full-image mask per detection: detections are grouped by box size, each group is
+resampled at once inside a window as large as its largest box, and each mask is kept as the crop
+of its box that lies in the image (:class:`CroppedMasks`) until a writer needs it.
 
 The arithmetic mirrors PyTorch's CPU bilinear kernels operation by operation, including the fused
 multiply-adds the compiler emits for them (emulated here in float64, which rounds once like a
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from swiftdet.structures import BitMasks, Boxes, Instances, Keypoints
+from swiftdet.structures import Boxes, CroppedMasks, Instances, Keypoints
 
-__all__ = ["paste_masks_in_image", "rescale_instances", "postprocess_instances"]
+__all__ = ["paste_masks_in_image", "paste_masks_cropped", "rescale_instances", "postprocess_instances"]
 
 # PyTorch switches to its channels-last bilinear kernel when output height + width <= this.
 _SMALL_OUTPUT_SUM = 128
@@ -78,7 +78,8 @@ def _expanded_int_boxes(boxes: Tensor, scale: float) -> Tensor:
 
 
 def _paste_group(
-    out: Tensor,
+    crops: list,
+    image_size: tuple[int, int],
     padded: Tensor,
     box: Tensor,
     size: Tensor,
@@ -86,10 +87,12 @@ def _paste_group(
     threshold: float,
     small: bool,
 ) -> None:
-    """Paste K masks of similar size into ``out`` (N, H, W) bool, in place.
+    """Paste K masks of similar size, each into the part of its box inside the image.
 
     Args:
-        out: (N, H, W) bool output; rows ``region[:, 0]`` are written.
+        crops: length-N list; entry ``region[k, 0]`` is set to detection k's (y_end - y_start,
+            x_end - x_start) bool crop.
+        image_size: (height, width) of the image.
         padded: (K, S, S) padded mask probabilities.
         box: (K, 2) int64 (x0, y0) of each integer box (may be outside the image).
         size: (K, 2) int64 (width, height) each mask is resized to.
@@ -98,15 +101,16 @@ def _paste_group(
         small: whether these boxes take PyTorch's channels-last kernel (width + height <= 128).
     """
     k, s = padded.shape[0], padded.shape[-1]
-    height, width = out.shape[-2:]
-    det, rx0, ry0, rx1, ry1 = region.unbind(1)
+    height, width = image_size
+    device = padded.device
+    _, rx0, ry0, rx1, ry1 = region.unbind(1)
     win_w = int((rx1 - rx0).max())
     win_h = int((ry1 - ry0).max())
     # Windows of the group's largest size, shifted left/up where they would leave the image.
     sx = torch.minimum(rx0, torch.full_like(rx0, width - win_w))
     sy = torch.minimum(ry0, torch.full_like(ry0, height - win_h))
-    xs = sx[:, None] + torch.arange(win_w, device=out.device)  # (K, Ww) image columns
-    ys = sy[:, None] + torch.arange(win_h, device=out.device)  # (K, Wh) image rows
+    xs = sx[:, None] + torch.arange(win_w, device=device)  # (K, Ww) image columns
+    ys = sy[:, None] + torch.arange(win_h, device=device)  # (K, Wh) image rows
     inside = ((ys >= ry0[:, None]) & (ys < ry1[:, None]))[:, :, None] & (
         (xs >= rx0[:, None]) & (xs < rx1[:, None])
     )[:, None, :]
@@ -142,15 +146,15 @@ def _paste_group(
 
         value = _fma(along_y(yi0), yl0[:, :, None], along_y(yi1) * yl1[:, :, None])
     keep = (value > threshold) & inside
-    # Writing the whole window is safe: window pixels outside this detection's box are False in
-    # its own output plane anyway.
-    out[det[:, None, None], ys[:, :, None], xs[:, None, :]] = keep
+    # Each crop is copied out of the group's window so that the window's memory is freed.
+    for j, (d, x0, y0, x1, y1, wx, wy) in enumerate(zip(*region.T.tolist(), sx.tolist(), sy.tolist())):
+        crops[d] = keep[j, y0 - wy : y1 - wy, x0 - wx : x1 - wx].clone()
 
 
 def paste_masks_in_image(
     masks: Tensor, boxes: Tensor, image_size: tuple[int, int], threshold: float = 0.5
 ) -> Tensor:
-    """Paste per-box mask probabilities into the image and threshold them.
+    """Paste per-box mask probabilities into the image and threshold them, at full size.
 
     Args:
         masks: (N, 1, M, M) mask probabilities in [0, 1].
@@ -161,6 +165,19 @@ def paste_masks_in_image(
     Returns:
         (N, height, width) bool masks, equal to ``torchvision.models.detection.roi_heads.
         paste_masks_in_image(masks, boxes, image_size) > threshold`` (see the module docstring).
+        :func:`paste_masks_cropped` gives the same masks in the memory of their boxes.
+    """
+    return paste_masks_cropped(masks, boxes, image_size, threshold).to_bitmasks().tensor
+
+
+def paste_masks_cropped(
+    masks: Tensor, boxes: Tensor, image_size: tuple[int, int], threshold: float = 0.5
+) -> CroppedMasks:
+    """:func:`paste_masks_in_image`, each mask kept only inside the part of its grown box that
+    lies in the image (outside it the pasted mask is empty).
+
+    Returns:
+        :class:`CroppedMasks` of N crops whose ``to_bitmasks()`` equals ``paste_masks_in_image``.
     """
     if masks.dim() != 4 or masks.shape[1] != 1 or masks.shape[-1] != masks.shape[-2]:
         raise ValueError(f"masks must be (N, 1, M, M), got shape {tuple(masks.shape)}")
@@ -171,9 +188,10 @@ def paste_masks_in_image(
         raise ValueError(f"threshold must be >= 0, got {threshold}")
     height, width = int(image_size[0]), int(image_size[1])
     n, m = masks.shape[0], masks.shape[-1]
-    out = torch.zeros((n, height, width), dtype=torch.bool, device=masks.device)
+    crops = [torch.zeros((0, 0), dtype=torch.bool, device=masks.device)] * n
+    offsets = torch.zeros((n, 2), dtype=torch.int64)
     if n == 0 or height == 0 or width == 0:
-        return out
+        return CroppedMasks(crops, offsets, (height, width))
     padded = F.pad(masks[:, 0].float(), (1, 1, 1, 1))  # (N, S, S), S = M + 2
     ibox = _expanded_int_boxes(boxes, float(m + 2) / m)
     size = (ibox[:, 2:] - ibox[:, :2] + 1).clamp(min=1)  # (N, 2) width, height
@@ -203,8 +221,9 @@ def paste_masks_in_image(
         per_chunk = max(1, _CHUNK_PIXELS // max(win, 1))
         for c in range(0, count, per_chunk):
             sel = idx[c : c + per_chunk]
-            _paste_group(out, padded[sel], ibox[sel, :2], size[sel], region[sel], threshold, is_small)
-    return out
+            _paste_group(crops, (height, width), padded[sel], ibox[sel, :2], size[sel], region[sel], threshold, is_small)
+    offsets = torch.where(valid[:, None], start, torch.zeros_like(start)).cpu()
+    return CroppedMasks(crops, offsets, (height, width))
 
 
 def rescale_instances(results: Instances, from_size: tuple[int, int], to_size: tuple[int, int]) -> Instances:
@@ -237,10 +256,11 @@ def postprocess_instances(
     """Detections of one resized image mapped to its original size.
 
     Boxes and keypoints are rescaled (:func:`rescale_instances`); (N, M, M) ``mask_probs``, when
-    present, are pasted into :class:`BitMasks` ``masks`` at the original size (and dropped).
+    present, are pasted at the original size into :class:`CroppedMasks` ``masks`` (and dropped),
+    so that memory grows with the boxes, not with the image.
     """
     out = rescale_instances(results, results.image_size, original_size)
     if out.mask_probs is not None:
-        masks = paste_masks_in_image(out.mask_probs[:, None], out.boxes.tensor, out.image_size, mask_threshold)
-        out = out.with_fields(masks=BitMasks(masks), mask_probs=None)
+        masks = paste_masks_cropped(out.mask_probs[:, None], out.boxes.tensor, out.image_size, mask_threshold)
+        out = out.with_fields(masks=masks, mask_probs=None)
     return out

@@ -9,11 +9,11 @@ from torch import Tensor
 
 from swiftdet.structures.boxes import Boxes
 from swiftdet.structures.keypoints import Keypoints
-from swiftdet.structures.masks import BitMasks, PolygonMasks
+from swiftdet.structures.masks import BitMasks, CroppedMasks, PolygonMasks
 
 __all__ = ["Instances", "Masks"]
 
-Masks = Union[PolygonMasks, BitMasks]
+Masks = Union[PolygonMasks, BitMasks, CroppedMasks]
 
 
 @dataclass
@@ -27,9 +27,9 @@ class Instances:
         boxes: (N, 4) xyxy boxes.
         labels: (N,) int64 contiguous class indices in [0, num_classes).
         scores: (N,) float confidence (predictions only).
-        masks: instance masks in the image: :class:`PolygonMasks` (targets from polygons) or
-            :class:`BitMasks` (targets from RLE, and predictions after ``postprocess``, pasted
-            at the image size).
+        masks: instance masks in the image: :class:`PolygonMasks` (targets from polygons),
+            :class:`BitMasks` (targets from RLE) or :class:`CroppedMasks` (predictions after
+            ``postprocess``, pasted at the image size but stored inside each box).
         keypoints: (N, K, 3) keypoints.
         mask_probs: (N, M, M) float mask probabilities in the detection's box, before pasting
             (a mask head's raw output; ``postprocess`` turns them into ``masks``).
@@ -44,10 +44,10 @@ class Instances:
     mask_probs: Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.masks is not None and not isinstance(self.masks, (PolygonMasks, BitMasks)):
+        if self.masks is not None and not isinstance(self.masks, (PolygonMasks, BitMasks, CroppedMasks)):
             # One type per meaning: a mask head's probabilities go in mask_probs, pasted masks in BitMasks.
             raise TypeError(
-                f"Instances.masks must be PolygonMasks or BitMasks, got {type(self.masks).__name__}; put (N, M, M) "
+                f"Instances.masks must be PolygonMasks, BitMasks or CroppedMasks, got {type(self.masks).__name__}; put (N, M, M) "
                 "mask probabilities in mask_probs and wrap (N, H, W) bool masks in BitMasks."
             )
         n = len(self.boxes)

@@ -1,4 +1,5 @@
-"""Instance masks as polygons (what COCO stores) or as bitmaps (what models predict and RLE decodes to).
+"""Instance masks as polygons (what COCO stores), as bitmaps (what RLE decodes to), or as bitmaps
+kept inside each instance's box (what models predict, :class:`CroppedMasks`).
 
 Polygons stay polygons through resizing and flipping, which is cheap and exact; they are rasterised
 only where a fixed-size target is needed (the mask head's MxM crops, via :meth:`crop_and_resize`),
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
-__all__ = ["PolygonMasks", "BitMasks", "polygons_to_bitmask", "rle_to_bitmask"]
+__all__ = ["PolygonMasks", "BitMasks", "CroppedMasks", "polygons_to_bitmask", "rle_to_bitmask"]
 
 
 def polygons_to_bitmask(polygons: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
@@ -219,3 +220,87 @@ class BitMasks:
     @staticmethod
     def cat(masks_list: Sequence["BitMasks"]) -> "BitMasks":
         return BitMasks(torch.cat([m.tensor for m in masks_list], dim=0))
+
+
+class CroppedMasks:
+    """N instance bitmasks in an image of ``image_size``, each kept only inside its own crop.
+
+    A predicted mask is empty outside its (grown) box, so storing the box-sized part is enough;
+    on large images this is what keeps memory at the size of the boxes instead of N full
+    images (one 8000x8000 image with 50 full-size bool masks is 3.2 GB before any copy).
+
+    Attributes:
+        crops: N (h_i, w_i) bool tensors.
+        offsets: (N, 2) int64, the (x0, y0) image pixel of each crop's top-left corner.
+        image_size: (height, width) of the image; every crop lies inside it.
+    """
+
+    def __init__(self, crops: Sequence[Tensor], offsets: Tensor, image_size: tuple[int, int]):
+        height, width = int(image_size[0]), int(image_size[1])
+        offsets = torch.as_tensor(offsets, dtype=torch.int64).reshape(-1, 2)
+        if len(crops) != len(offsets):
+            raise ValueError(f"CroppedMasks: {len(crops)} crops but {len(offsets)} offsets")
+        self.crops = [torch.as_tensor(c).to(torch.bool) for c in crops]
+        for crop, (x0, y0) in zip(self.crops, offsets.tolist()):
+            if crop.dim() != 2 or x0 < 0 or y0 < 0 or x0 + crop.shape[1] > width or y0 + crop.shape[0] > height:
+                raise ValueError(f"CroppedMasks: a crop of shape {tuple(crop.shape)} at (x0, y0) = ({x0}, {y0}) "
+                                 f"does not lie inside the {height}x{width} image")
+        self.offsets = offsets
+        self.image_size = (height, width)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, index: int | slice | Tensor | Sequence[int]) -> "CroppedMasks":
+        if isinstance(index, int):
+            index = [index]
+        elif isinstance(index, slice):
+            index = list(range(len(self)))[index]
+        else:
+            index = torch.as_tensor(index)
+            if index.dtype == torch.bool:
+                index = index.nonzero().flatten()
+            index = index.tolist()
+        return CroppedMasks([self.crops[i] for i in index], self.offsets[index], self.image_size)
+
+    def __repr__(self) -> str:
+        return f"CroppedMasks(num_instances={len(self)}, image_size={self.image_size})"
+
+    def to(self, device: torch.device | str) -> "CroppedMasks":
+        return CroppedMasks([c.to(device) for c in self.crops], self.offsets, self.image_size)
+
+    def area(self) -> Tensor:
+        """(N,) float foreground pixel counts."""
+        return torch.tensor([float(c.sum()) for c in self.crops], dtype=torch.float32)
+
+    def bounding_boxes(self) -> Tensor:
+        """(N, 4) xyxy tight boxes, exclusive ends as :meth:`BitMasks.bounding_boxes`; 0 for an empty mask."""
+        boxes = torch.zeros(len(self), 4, dtype=torch.float32)
+        for i, (crop, (x0, y0)) in enumerate(zip(self.crops, self.offsets.tolist())):
+            rows = crop.any(dim=1).nonzero().flatten()
+            if rows.numel() == 0:
+                continue
+            cols = crop.any(dim=0).nonzero().flatten()
+            boxes[i] = torch.tensor([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1], dtype=torch.float32)
+        return boxes
+
+    def to_bitmasks(self) -> BitMasks:
+        """The same masks at the full image size: (N, H, W) bool, N * H * W bytes."""
+        device = self.crops[0].device if self.crops else "cpu"
+        out = torch.zeros((len(self),) + self.image_size, dtype=torch.bool, device=device)
+        for i, (crop, (x0, y0)) in enumerate(zip(self.crops, self.offsets.tolist())):
+            out[i, y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
+        return BitMasks(out)
+
+    @property
+    def tensor(self) -> Tensor:
+        """(N, H, W) bool at the full image size (:meth:`to_bitmasks`; costs N * H * W bytes)."""
+        return self.to_bitmasks().tensor
+
+    @staticmethod
+    def cat(masks_list: Sequence["CroppedMasks"]) -> "CroppedMasks":
+        sizes = {m.image_size for m in masks_list}
+        if len(sizes) != 1:
+            raise ValueError(f"CroppedMasks.cat: the masks belong to images of different sizes {sorted(sizes)}")
+        return CroppedMasks([c for m in masks_list for c in m.crops],
+                            torch.cat([m.offsets for m in masks_list]), sizes.pop())

@@ -16,6 +16,7 @@ import pycocotools.mask as mask_utils
 from PIL import Image, ImageDraw, ImageFont
 
 from swiftdet.errors import InputError
+from swiftdet.structures import CroppedMasks
 
 # Golden-ratio hue steps give neighbouring indices clearly different colours, forever.
 _GOLDEN_RATIO = 0.618033988749895
@@ -36,7 +37,7 @@ def draw_instances(
     boxes: np.ndarray | None = None,
     labels: np.ndarray | None = None,
     scores: np.ndarray | None = None,
-    masks: np.ndarray | Sequence | None = None,
+    masks: CroppedMasks | np.ndarray | Sequence | None = None,
     keypoints: np.ndarray | None = None,
     class_names: Sequence[str] | None = None,
     skeleton: Sequence[tuple[int, int]] | None = None,
@@ -52,8 +53,9 @@ def draw_instances(
         boxes: (N, 4) x1, y1, x2, y2 in pixels.
         labels: (N,) integer class indices; names come from ``class_names[label]`` when given.
         scores: (N,) confidences, written after the name as "name 0.93".
-        masks: (N, H, W) bool (or 0/1) array, or a length-N list whose items are COCO polygons
-            (a list of flat [x1, y1, x2, y2, ...] lists) or RLE dicts ({"size": [H, W], "counts": ...}).
+        masks: :class:`CroppedMasks` (a model's predictions), an (N, H, W) bool (or 0/1) array, or a
+            length-N list whose items are COCO polygons (a list of flat [x1, y1, x2, y2, ...] lists)
+            or RLE dicts ({"size": [H, W], "counts": ...}).
         keypoints: (N, K, 3) x, y and a visibility or score; a point is drawn when its third value is
             above ``keypoint_threshold`` (the default 0.5 draws COCO visibilities 1 and 2).
         class_names: names indexed by label.
@@ -94,8 +96,8 @@ def draw_instances(
     line_width = max(1, round(min(height, width) / 300))
     mask_boxes: list[tuple[int, int, int, int] | None] = [None] * count
     if masks is not None:
-        for index, mask in enumerate(_iter_masks(masks, count, height, width)):
-            mask_boxes[index] = _blend_mask(canvas, mask, colors[index], alpha)
+        for index, (mask, x_offset, y_offset) in enumerate(_iter_masks(masks, count, height, width)):
+            mask_boxes[index] = _blend_mask(canvas, mask, colors[index], alpha, x_offset, y_offset)
 
     picture = Image.fromarray(canvas)
     pen = ImageDraw.Draw(picture)
@@ -187,6 +189,22 @@ def _check_keypoints(keypoints) -> np.ndarray:
 
 
 def _iter_masks(masks, count: int, height: int, width: int):
+    """Yield N (mask, x0, y0): a bool mask that starts at image pixel (x0, y0), from CroppedMasks
+    (each its crop), an (N, H, W) array or a list of COCO polygons / RLE dicts (full size, at 0, 0)."""
+    if isinstance(masks, CroppedMasks):
+        if masks.image_size != (height, width):
+            raise InputError(
+                f"draw_instances: masks belong to a {masks.image_size[0]}x{masks.image_size[1]} image, "
+                f"the image is {height}x{width}."
+            )
+        for crop, (x0, y0) in zip(masks.crops, masks.offsets.tolist()):
+            yield crop.detach().cpu().numpy(), x0, y0
+        return
+    for mask in _iter_full_masks(masks, height, width):
+        yield mask, 0, 0
+
+
+def _iter_full_masks(masks, height: int, width: int):
     """Yield N (H, W) bool masks from an array or a list of COCO polygons / RLE dicts."""
     if isinstance(masks, np.ndarray) or (hasattr(masks, "shape") and hasattr(masks, "__array__")):
         array = np.asarray(masks)
@@ -230,11 +248,13 @@ def _decode_coco_mask(mask, index: int, height: int, width: int) -> np.ndarray:
 
 
 def _blend_mask(
-    canvas: np.ndarray, mask: np.ndarray, color: tuple[int, int, int], alpha: float
+    canvas: np.ndarray, mask: np.ndarray, color: tuple[int, int, int], alpha: float,
+    x_offset: int = 0, y_offset: int = 0,
 ) -> tuple[int, int, int, int] | None:
-    """Blend ``color`` into ``canvas`` (in place) where ``mask`` is set and outline it.
+    """Blend ``color`` into ``canvas`` (in place) where ``mask`` is set and outline it; the mask's
+    pixel (0, 0) is the canvas pixel (``x_offset``, ``y_offset``).
 
-    Returns the mask's box (x1, y1, x2, y2), exclusive ends, or None for an empty mask.
+    Returns the mask's box (x1, y1, x2, y2) in the canvas, exclusive ends, or None for an empty mask.
     """
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
@@ -242,6 +262,7 @@ def _blend_mask(
     cols = np.flatnonzero(mask.any(axis=0))
     y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     region = mask[y0:y1, x0:x1]
+    y0, y1, x0, x1 = y0 + y_offset, y1 + y_offset, x0 + x_offset, x1 + x_offset
     patch = canvas[y0:y1, x0:x1]
     color_array = np.asarray(color, dtype=np.float32)
     blended = patch.astype(np.float32) * (1.0 - alpha) + color_array * alpha

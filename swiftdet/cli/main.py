@@ -7,11 +7,11 @@ import argparse
 import sys
 import textwrap
 
-from swiftdet.cli import browse, coco_eval, config_cmd, convert, demo, predict, synth, train
+from swiftdet.cli import browse, coco_eval, config_cmd, convert, demo, export, predict, synth, train
 from swiftdet.cli import eval as eval_cmd
 from swiftdet.errors import SwiftdetError
 
-COMMANDS = (demo, train, eval_cmd, predict, config_cmd, synth, browse, coco_eval, convert)
+COMMANDS = (demo, train, eval_cmd, predict, config_cmd, synth, browse, coco_eval, convert, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,8 +33,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. input.min_size_test=600")
-    parser.add_argument("--config", required=True, metavar="NAME",
-                        help="built-in config name, a .py config file or a run's config.yaml (OUTPUT/config.yaml "
+    parser.add_argument("--config", default=None, metavar="NAME",
+                        help="(required unless --model is given) "
+                             "built-in config name, a .py config file or a run's config.yaml (OUTPUT/config.yaml "
                              "of swiftdet train); the model and input settings stored in a "
                              "swiftdet checkpoint take precedence (said when they differ), KEY=VALUE overrides win "
                              "over both")
@@ -71,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "unambiguous); needed to evaluate predictions.json against it (swiftdet coco-eval)")
     parser.add_argument("--no-draw", action="store_true",
                         help="do not draw and save the images (faster); predictions.json is still written")
+    parser.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "torchscript"),
+                        help="what runs the model: eager PyTorch (default, with --config and --weights), or an "
+                             "exported file given with --model (its config and classes are inside it)")
+    parser.add_argument("--model", default=None, metavar="FILE",
+                        help="the exported model for --backend onnxruntime (model.onnx) or torchscript")
     parser.add_argument("--strict", action="store_true",
                         help="exit with an error (code 2) when an input image cannot be read, after predicting the "
                              "others; by default it is skipped and listed in DIR/skipped_images.txt (an error only "
@@ -287,6 +293,34 @@ def _inputs(args: argparse.Namespace) -> tuple[list[Path], list[int] | None, lis
     return paths, ids, None
 
 
+def _check_backend_arguments(args: argparse.Namespace) -> bool:
+    """Whether an exported model runs (--backend other than eager); refuses flags that do not
+    apply to the chosen backend, so none is silently ignored."""
+    from swiftdet.errors import InputError
+
+    backend = getattr(args, "backend", "eager")
+    model = getattr(args, "model", None)
+    if backend == "eager":
+        if model is not None:
+            raise InputError(f"--model {model} is an exported model: give --backend onnxruntime (ONNX) or "
+                             "--backend torchscript with it; eager predictions take --config and --weights.")
+        if args.config is None:
+            raise InputError("predict needs --config NAME (and --weights W), or an exported model: "
+                             "--backend onnxruntime --model model.onnx.")
+        return False
+    if model is None:
+        raise InputError(f"--backend {backend} runs an exported model: give it with --model FILE "
+                         "(write one with swiftdet export CONFIG --weights W --output FILE).")
+    given = [flag for flag, value in (("--config", args.config), ("--weights", args.weights),
+                                      ("KEY=VALUE overrides", args.overrides), ("--plain", args.plain)) if value]
+    if args.device != "cpu":
+        given.append("--device")
+    if given:
+        raise InputError(f"--backend {backend} takes the config, weights and test size from the exported file; "
+                         f"{', '.join(given)} do not apply (export again to change them). Remove them.")
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -299,18 +333,26 @@ def run(args: argparse.Namespace) -> int:
     from swiftdet.visualization.draw import draw_instances, save_image
     from swiftdet.weights.checkpoint import config_for_weights
 
-    cfg = load_config(args.config, args.overrides)
+    exported = _check_backend_arguments(args)
+    cfg = load_config(args.config, args.overrides) if not exported else None
     paths, ids, file_names = _inputs(args)
     image_ids = ids if ids is not None else list(range(len(paths)))
     file_names = file_names if file_names is not None else [str(p) for p in paths]
     draw = not getattr(args, "no_draw", False)
-    # A run's checkpoint is drawn with its own model and test settings (the overrides still apply).
-    cfg, note = config_for_weights(cfg, args.weights, args.overrides)
-    if note:
-        print(note)
     names = output_names(paths)
-    predictor = Predictor(cfg, args.weights, device=args.device, score_thresh=args.score_thresh,
-                          batch_size=args.batch_size, fast=not args.plain)
+    if exported:
+        from swiftdet.export.runtime import load_exported_predictor
+
+        predictor = load_exported_predictor(args.model, args.backend, batch_size=args.batch_size,
+                                            score_thresh=args.score_thresh)
+        cfg = predictor.cfg
+    else:
+        # A run's checkpoint is drawn with its own model and test settings (the overrides still apply).
+        cfg, note = config_for_weights(cfg, args.weights, args.overrides)
+        if note:
+            print(note)
+        predictor = Predictor(cfg, args.weights, device=args.device, score_thresh=args.score_thresh,
+                              batch_size=args.batch_size, fast=not args.plain)
     category_ids = predictor.category_ids
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,7 @@ class Predictor:
         batch_size: int = 1,
         fast: bool = True,
     ):
-        if batch_size < 1:
+        if batch_size < 1:  # before the model is built, which takes a while
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
         cfg = copy.deepcopy(cfg)
         if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
@@ -149,26 +149,48 @@ class Predictor:
         if not (weights or cfg.model.weights):
             raise ConfigError("No weights to predict with: pass a checkpoint (--weights PATH_OR_URL) or set "
                               "model.weights in the config. Predictions of a randomly initialised model are noise.")
-        self.cfg = cfg
-        self.test_transform = TestTransform.from_config(cfg)
-        self.device = resolve_device(device)
-        self.batch_size = batch_size
+        device = resolve_device(device)
         # The whole model must come from the file: random layers would draw noise.
         model, report = build_model_with_weights(cfg, weights, require_complete=True)
         if score_thresh is not None:
             model.score_thresh = score_thresh
         # The model as trained (for anything that saves weights) and the one that runs.
-        self.source_model = model.to(self.device).eval()
-        self.model = fuse_for_inference(self.source_model) if fast else self.source_model
+        self.source_model = model.to(device).eval()
         self.load_report = report
-        self.meta: dict = dict(report.meta) if report is not None else {}
+        self._setup(cfg, fuse_for_inference(self.source_model) if fast else self.source_model,
+                    dict(report.meta) if report is not None else {}, device, batch_size, None,
+                    f"Weights '{weights or cfg.model.weights}'")
+
+    def _setup(self, cfg: Config, model, meta: dict, device: torch.device, batch_size: int,
+               min_score: float | None, source: str) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+        self.cfg = cfg
+        self.test_transform = TestTransform.from_config(cfg)
+        self.device = device
+        self.batch_size = batch_size
+        self.model = model
+        self.min_score = min_score
+        self.meta: dict = meta
         for key in ("category_ids", "class_names"):
             listed = self.meta.get(key)
             if listed and len(listed) != model.num_classes:
                 # Else a label without a category id fails only after the first image has run.
-                raise WeightsError(f"Weights '{weights or cfg.model.weights}' list {len(listed)} {key} in their meta, "
-                                   f"but the model has {model.num_classes} classes. Save the checkpoint again with "
-                                   f"one entry per class.")
+                raise WeightsError(f"{source} list {len(listed)} {key} in their meta, but the model has "
+                                   f"{model.num_classes} classes. Save the checkpoint again with one entry per class.")
+
+    @classmethod
+    def from_model(cls, cfg: Config, model, *, meta: dict | None = None, batch_size: int = 1,
+                   min_score: float | None = None, device: str | torch.device = "cpu") -> "Predictor":
+        """A predictor around a ready model with the Detector's ``predict(images, original_sizes)``
+        and ``num_classes`` (e.g. an exported one, swiftdet.export.runtime); ``cfg`` gives its test
+        resize, ``meta`` its class names and category ids, ``min_score`` drops lower detections."""
+        predictor = cls.__new__(cls)
+        predictor.source_model = model
+        predictor.load_report = None
+        predictor._setup(copy.deepcopy(cfg), model, dict(meta or {}), resolve_device(device), batch_size, min_score,
+                         "The model's meta")
+        return predictor
 
     @classmethod
     def from_config(
@@ -222,6 +244,8 @@ class Predictor:
             chunk = images[start : start + self.batch_size]
             prepared = [self.prepare(img, self._name(img, start + i)) for i, img in enumerate(chunk)]
             outputs = self.model.predict([p[0] for p in prepared], [p[1] for p in prepared])
+            if self.min_score is not None:
+                outputs = [r[r.scores >= self.min_score] for r in outputs]
             results.extend(r.to("cpu") for r in outputs)
         return results
 

@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from swiftdet.model.tracing import is_tracing
 
 __all__ = ["AnchorGenerator"]
 
@@ -63,13 +64,7 @@ class AnchorGenerator(nn.Module):
         key = (grid_size[0], grid_size[1], stride[0], stride[1], level, device, dtype)
         anchors = self._cache.get(key)
         if anchors is None:
-            base = self.cell_anchors(level, dtype, device)
-            shifts_x = torch.arange(grid_size[1], dtype=torch.int32, device=device) * stride[1]
-            shifts_y = torch.arange(grid_size[0], dtype=torch.int32, device=device) * stride[0]
-            shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
-            shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
-            shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
-            anchors = (shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)
+            anchors = _shifted(self.cell_anchors(level, dtype, device), grid_size, stride)
             self._remember(key, anchors)
         return anchors
 
@@ -87,6 +82,8 @@ class AnchorGenerator(nn.Module):
     def forward(self, images: Tensor, features: Sequence[Tensor]) -> Tensor:
         """(A_total, 4) anchors over all levels of the (B, C, H, W) batch ``images``, the same for
         every image of the batch."""
+        if is_tracing():
+            return torch.cat([self._traced_level_anchors(level, images, f) for level, f in enumerate(features)])
         image_shape = tuple(images.shape[-2:])
         key = ("all", image_shape, tuple(tuple(f.shape[-2:]) for f in features), features[0].device, features[0].dtype)
         anchors = self._cache.get(key)
@@ -96,7 +93,25 @@ class AnchorGenerator(nn.Module):
             self._remember(key, anchors)
         return anchors
 
+    def _traced_level_anchors(self, level: int, images: Tensor, feature: Tensor) -> Tensor:
+        """:meth:`level_anchors` with the grid and stride read from the shapes at run time (a
+        trace of the cached path would replay the traced input's anchors for every size)."""
+        image_shape, grid = torch._shape_as_tensor(images)[-2:], torch._shape_as_tensor(feature)[-2:]
+        stride = (image_shape // grid).to(torch.int32)
+        return _shifted(self.cell_anchors(level, feature.dtype, feature.device), grid, stride)
+
     def _remember(self, key: tuple, anchors: Tensor) -> None:
         if len(self._cache) >= self._max_cache_entries:
             self._cache.clear()
         self._cache[key] = anchors
+
+
+def _shifted(base: Tensor, grid_size, stride) -> Tensor:
+    """(grid_h * grid_w * A, 4): the (A, 4) ``base`` anchors at every grid location, row by row.
+    ``grid_size`` and ``stride`` are (h, w) ints, or int tensors when traced."""
+    shifts_x = torch.arange(grid_size[1], dtype=torch.int32, device=base.device) * stride[1]
+    shifts_y = torch.arange(grid_size[0], dtype=torch.int32, device=base.device) * stride[0]
+    shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+    shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+    shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+    return (shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)

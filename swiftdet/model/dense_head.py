@@ -19,7 +19,7 @@ from swiftdet.errors import ConfigError
 from swiftdet.model.backbone import FPN, ResNet, build_fpn, build_resnet
 from swiftdet.model.box_coder import clip_boxes
 from swiftdet.model.nms import per_image_nms
-from swiftdet.model.tracing import is_tracing
+from swiftdet.model.tracing import is_tracing, traced_min
 
 __all__ = [
     "build_backbone_and_fpn",
@@ -114,8 +114,9 @@ def topk_above_threshold(values: Tensor, threshold: float, k: int) -> tuple[Tens
     Returns:
         batch index (P,) and column index (P,) of the kept entries, grouped by row.
     """
-    tracing = is_tracing()  # traced: only the general path below, whose steps are all tensor ops
-    if not tracing and values.shape[0] == 1 and values.shape[1] > k > 0:
+    if is_tracing():
+        return _topk_above_threshold_traced(values, threshold, k)
+    if values.shape[0] == 1 and values.shape[1] > k > 0:
         # Many entries above the threshold (a low one): the k largest of the row are then exactly
         # the k largest above it, found without listing every entry above the threshold (~12M
         # (anchor, class) pairs on RetinaNet's finest level at threshold 0). Only when the k-th
@@ -124,10 +125,10 @@ def topk_above_threshold(values: Tensor, threshold: float, k: int) -> tuple[Tens
         if bool(top_values[k - 1] > threshold) and bool(top_values[k - 1] > top_values[k]):
             return torch.zeros(k, dtype=torch.int64, device=values.device), top_cols[:k]
     rows, cols = (values > threshold).nonzero(as_tuple=True)
-    if not tracing and rows.numel() == 0:
+    if rows.numel() == 0:
         return rows, cols
     kept = values[rows, cols]
-    if not tracing and values.shape[0] == 1:
+    if values.shape[0] == 1:
         if kept.numel() > k:
             order = kept.topk(k).indices
             rows, cols = rows[order], cols[order]
@@ -141,6 +142,15 @@ def topk_above_threshold(values: Tensor, threshold: float, k: int) -> tuple[Tens
     rank = torch.arange(rows.numel(), device=rows.device) - starts[rows]
     keep = rank < k
     return rows[keep], cols[keep]
+
+
+def _topk_above_threshold_traced(values: Tensor, threshold: float, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`topk_above_threshold` in operations a trace records for any input: one top-k per row
+    (of min(k, M) entries, M read from the shape at run time), then the entries above
+    ``threshold``. The same entries, but for which of several values tied at the k-th place is kept."""
+    top_values, top_cols = values.topk(traced_min(values, 1, k), dim=1)
+    rows, slots = (top_values > threshold).nonzero(as_tuple=True)
+    return rows, top_cols[rows, slots]
 
 
 def select_candidates(

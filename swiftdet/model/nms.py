@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms
 
-from swiftdet.model.tracing import is_tracing
+from swiftdet.model.tracing import count_values, is_tracing
 
-__all__ = ["class_wise_nms", "per_image_nms"]
+__all__ = ["class_wise_nms", "per_image_nms", "stable_argsort"]
 
 # torchvision's batched_nms switches from its one-call coordinate trick to a per-class loop above
 # this many box coordinates (boxes.numel()), per device type.
@@ -49,6 +49,15 @@ def class_wise_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: f
     return keep[scores[keep].sort(descending=True)[1]]
 
 
+def stable_argsort(keys: Tensor) -> Tensor:
+    """``keys.argsort(stable=True)`` for (N,) int64 keys >= 0. Traced, the keys are made unique
+    (key * N + position) so that any sort is stable: exporters do not record ``stable``."""
+    if not is_tracing():
+        return keys.argsort(stable=True)
+    positions = torch.arange(keys.shape[0], device=keys.device)
+    return (keys * keys.shape[0] + positions).argsort()
+
+
 def per_image_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -71,10 +80,10 @@ def per_image_nms(
     # An (image, class) pair is one NMS group: images never suppress each other's boxes.
     keep = class_wise_nms(boxes, scores, image_idx * num_labels + labels, iou_threshold)
     # keep is sorted by decreasing score; a stable sort by image keeps that order within each image.
-    keep = keep[image_idx[keep].argsort(stable=True)]
+    keep = keep[stable_argsort(image_idx[keep])]
     kept_images = image_idx[keep]
-    counts = torch.bincount(kept_images, minlength=num_images)
+    counts = count_values(kept_images, num_images)
     starts = counts.cumsum(0) - counts
     rank = torch.arange(keep.numel(), device=keep.device) - starts[kept_images]
     keep = keep[rank < max_per_image]
-    return keep, torch.bincount(image_idx[keep], minlength=num_images)
+    return keep, count_values(image_idx[keep], num_images)

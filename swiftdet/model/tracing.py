@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-__all__ = ["is_tracing"]
+__all__ = ["is_tracing", "traced_min", "count_values"]
 
 
 def is_tracing() -> bool:
@@ -17,3 +18,21 @@ def is_tracing() -> bool:
         return True
     compiler = getattr(torch, "compiler", None)
     return bool(compiler is not None and compiler.is_compiling())
+
+
+def traced_min(tensor: Tensor, dim: int, k: int) -> int | Tensor:
+    """``min(k, tensor.shape[dim])``; traced, as a tensor computed from the shape at run time (a
+    Python int would bake the traced input's size into the graph, e.g. for a top-k)."""
+    if not is_tracing():
+        return min(k, tensor.shape[dim])
+    size = torch._shape_as_tensor(tensor)[dim]
+    return torch.clamp(size, max=k)
+
+
+def count_values(values: Tensor, minlength: int) -> Tensor:
+    """``torch.bincount(values, minlength=minlength)`` for (N,) int64 values in [0, minlength);
+    traced, as a scatter-add (exporters have no bincount)."""
+    if not is_tracing():
+        return torch.bincount(values, minlength=minlength)
+    counts = torch.zeros(minlength, dtype=torch.int64, device=values.device)
+    return counts.scatter_add(0, values, torch.ones_like(values))

@@ -1,0 +1,71 @@
+"""`swiftdet export CONFIG --weights W --format onnx --output model.onnx [--opset N] [--batch dynamic|N]
+[--image-size HxW|dynamic] [KEY=VALUE ...]`.
+
+Writes the whole model (normalisation to the per-image top-k) as one ONNX file of standard
+operators, or TorchScript; run it with ``swiftdet predict --backend onnxruntime --model FILE``.
+"""
+from __future__ import annotations
+
+import argparse
+
+NAME = "export"
+HELP = "export a model to ONNX or TorchScript (the whole pipeline, dynamic batch and image size)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="built-in config name, a .py config or a run's config.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. model.retinanet.score_thresh=0.3 (baked into the exported model)")
+    parser.add_argument("--weights", default=None, metavar="W",
+                        help="checkpoint path or URL (default: the config's model.weights)")
+    parser.add_argument("--format", default="onnx", choices=("onnx", "torchscript"), help="file format (default onnx)")
+    parser.add_argument("--output", required=True, metavar="FILE", help="the file to write (e.g. model.onnx)")
+    parser.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset, 17 or newer (default 17)")
+    parser.add_argument("--batch", default="dynamic", metavar="dynamic|N",
+                        help="batch size of the exported graph: dynamic (default) or a fixed N")
+    parser.add_argument("--image-size", default="dynamic", metavar="HxW|dynamic",
+                        help="padded input size: dynamic (default) or fixed HxW, multiples of input.size_divisibility")
+
+
+def _parse_batch(text: str) -> int | None:
+    from swiftdet.errors import ConfigError
+
+    if text == "dynamic":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"--batch must be 'dynamic' or a positive number, got {text!r}.")
+    return int(text)
+
+
+def _parse_size(text: str) -> tuple[int, int] | None:
+    from swiftdet.errors import ConfigError
+
+    if text == "dynamic":
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"--image-size must be 'dynamic' or HxW such as 800x1344, got {text!r}.")
+    return int(parts[0]), int(parts[1])
+
+
+def run(args: argparse.Namespace) -> int:
+    from swiftdet.config.core import load_config
+    from swiftdet.errors import ConfigError
+    from swiftdet.export.onnx import check_exportable, export_model
+    from swiftdet.export.runtime import predict_command
+    from swiftdet.weights.checkpoint import build_model_with_weights, config_for_weights
+
+    batch, size = _parse_batch(args.batch), _parse_size(args.image_size)
+    cfg, note = config_for_weights(load_config(args.config, args.overrides), args.weights, args.overrides)
+    if note:
+        print(note)
+    check_exportable(cfg)  # before the weights are read
+    if not (args.weights or cfg.model.weights):
+        raise ConfigError("Nothing to export: give the trained weights with --weights W (a checkpoint or converted file).")
+    model, report = build_model_with_weights(cfg, args.weights, require_complete=True)
+    meta = dict(report.meta) if report is not None else {}
+    path = export_model(model, cfg, args.output, fmt=args.format, meta=meta, opset=args.opset, batch=batch,
+                        image_size=size)
+    print(f"Wrote {path} ({args.format}, {cfg.model.arch}, batch {args.batch}, image size {args.image_size}). "
+          f"Run it with: {predict_command(path, args.format)}")
+    return 0

@@ -1,0 +1,170 @@
+"""Run an exported file (ONNX through onnxruntime, or TorchScript) behind swiftdet's Predictor.
+
+:class:`ExportedModel` has the Detector's ``predict(images, original_sizes)`` contract, so
+:func:`load_exported_predictor` gives a :class:`~swiftdet.inference.Predictor` whose input
+handling, test resize (from the config stored in the file), batching and outputs are the eager
+ones: ``swiftdet predict --backend onnxruntime --model model.onnx`` writes the same
+``predictions.json`` as the eager model.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from swiftdet.config.core import config_from_dict
+from swiftdet.config.schema import Config
+from swiftdet.errors import ConfigError, InputError, WeightsError
+from swiftdet.export.onnx import EXPORT_FORMAT
+from swiftdet.inference.predictor import Predictor
+from swiftdet.model.postprocess import postprocess_instances
+from swiftdet.structures import Boxes, ImageList, Instances
+
+__all__ = ["BACKENDS", "ExportedModel", "load_exported_predictor", "predict_command", "read_export_info"]
+
+BACKENDS = ("onnxruntime", "torchscript")
+_INSTALL = {"onnxruntime": 'pip install -e ".[export]" (or pip install onnx onnxruntime)'}
+
+
+def read_export_info(path: str | os.PathLike) -> dict[str, str]:
+    """The swiftdet metadata of an exported file (ONNX or TorchScript); WeightsError when it is
+    not a swiftdet export of this format version."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Exported model '{path}' does not exist. Write one with swiftdet export.")
+    info: dict[str, str] = {}
+    if _is_torchscript(path):
+        files = {"swiftdet.json": ""}
+        try:
+            torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+        except RuntimeError as error:
+            raise WeightsError(f"'{path}' is not a TorchScript file that can be loaded: {str(error).splitlines()[0]}") from None
+        info = json.loads(files["swiftdet.json"] or "{}")
+    else:
+        onnx = _import("onnx", "onnxruntime")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as error:  # onnx raises DecodeError and others for a file that is not ONNX
+            raise WeightsError(f"'{path}' is not an ONNX file ({type(error).__name__}). Give a file written by "
+                               "swiftdet export.") from None
+        info = {p.key: p.value for p in proto.metadata_props}
+    found = info.get("swiftdet_format")
+    if found != EXPORT_FORMAT:
+        what = "has no swiftdet metadata (exported by another tool?)" if found is None else \
+            f"is a {found} file (this swiftdet reads {EXPORT_FORMAT})"
+        raise WeightsError(f"'{path}' {what}. Export it again with this version: swiftdet export CONFIG --weights W "
+                           f"--output {path.name}.")
+    return info
+
+
+def predict_command(path: str | os.PathLike, fmt: str = "onnx") -> str:
+    """The ``swiftdet predict`` command line that runs the file ``path`` exported in format ``fmt``."""
+    backend = "torchscript" if fmt == "torchscript" else "onnxruntime"
+    return f"swiftdet predict --backend {backend} --model {path} --input IMAGES --output DIR"
+
+
+def _is_torchscript(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"  # TorchScript files are zip archives; ONNX is protobuf
+
+
+def _import(module: str, backend: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ConfigError(f"--backend {backend} needs the {module} package, which is not installed: "
+                          f"{_INSTALL.get(backend, 'pip install ' + module)}.") from None
+
+
+class ExportedModel:
+    """An exported detector with the ``predict`` contract of :class:`swiftdet.model.detector.Detector`.
+
+    Args:
+        path: the exported file.
+        backend: "onnxruntime" (ONNX files) or "torchscript".
+        cfg: its config (from the file's metadata).
+    """
+
+    def __init__(self, path: str | os.PathLike, backend: str, cfg: Config, info: dict[str, str]):
+        if backend not in BACKENDS:
+            raise ConfigError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+        self.path = Path(path)
+        self.backend = backend
+        self.num_classes = cfg.model.num_classes
+        self.size_divisibility = cfg.input.size_divisibility
+        self.mask_threshold = cfg.model.mask_head.mask_threshold
+        self.batch = None if info.get("batch", "dynamic") == "dynamic" else int(info["batch"])
+        size = info.get("image_size", "dynamic")
+        self.image_size = None if size == "dynamic" else tuple(int(v) for v in size.split("x"))
+        if backend == "onnxruntime":
+            if _is_torchscript(self.path):
+                raise ConfigError(f"'{path}' is a TorchScript file: use --backend torchscript.")
+            ort = _import("onnxruntime", backend)
+            self._session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        else:
+            if not _is_torchscript(self.path):
+                raise ConfigError(f"'{path}' is an ONNX file: use --backend onnxruntime.")
+            self._module = torch.jit.load(str(self.path), map_location="cpu").eval()
+
+    def eval(self) -> "ExportedModel":
+        return self
+
+    def to(self, device) -> "ExportedModel":
+        return self
+
+    def run(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The graph's outputs (boxes, scores, labels, num_detections) for a padded batch."""
+        if self.backend == "onnxruntime":
+            feed = {"images": images.numpy().astype(np.float32), "image_sizes": image_sizes.numpy().astype(np.int64)}
+            return tuple(torch.from_numpy(o) for o in self._session.run(None, feed))  # type: ignore[return-value]
+        with torch.no_grad():
+            return self._module(images, image_sizes)
+
+    def predict(self, images: Sequence[Tensor], original_sizes: Sequence[tuple[int, int]] | None = None) -> list[Instances]:
+        """(3, H_i, W_i) 0-255 RGB images at the test size -> detections in original pixels."""
+        batch = ImageList.from_tensors([img.float().cpu() for img in images], self.size_divisibility, 0.0, original_sizes)
+        tensor = batch.tensor
+        if self.image_size is not None:
+            h, w = self.image_size
+            if tensor.shape[-2] > h or tensor.shape[-1] > w:
+                raise InputError(f"The exported model takes images up to {h}x{w} (fixed at export), but this batch "
+                                 f"needs {tensor.shape[-2]}x{tensor.shape[-1]}. Export with --image-size dynamic.")
+            tensor = torch.nn.functional.pad(tensor, (0, w - tensor.shape[-1], 0, h - tensor.shape[-2]))
+        if self.batch is not None and len(images) != self.batch:
+            raise InputError(f"The exported model takes batches of exactly {self.batch} images (fixed at export), "
+                             f"got {len(images)}. Use --batch-size {self.batch} or export with --batch dynamic.")
+        sizes = torch.tensor(batch.image_sizes, dtype=torch.int64).reshape(-1, 2)
+        boxes, scores, labels, counts = self.run(tensor, sizes)
+        out = []
+        for i, (size, original) in enumerate(zip(batch.image_sizes, batch.original_sizes)):
+            n = int(counts[i])
+            raw = Instances(tuple(size), boxes=Boxes(boxes[i, :n]), scores=scores[i, :n], labels=labels[i, :n])
+            result = postprocess_instances(raw, tuple(original), self.mask_threshold)
+            out.append(result.with_fields(boxes=result.boxes.clip(result.image_size)))
+        return out
+
+
+def load_exported_predictor(path: str | os.PathLike, backend: str = "onnxruntime", *, batch_size: int = 1,
+                            score_thresh: float | None = None) -> Predictor:
+    """A Predictor running the exported file ``path`` with ``backend``; its test resize, class
+    names and category ids come from the file. ``score_thresh`` may only raise the exported one."""
+    info = read_export_info(path)
+    cfg = config_from_dict(Config, json.loads(info["config"]))
+    exported = ExportedModel(path, backend, cfg, info)
+    meta = json.loads(info.get("meta", "{}"))
+    baked = _baked_score_thresh(cfg)
+    if score_thresh is not None and score_thresh < baked:
+        raise ConfigError(f"--score-thresh {score_thresh} is below the threshold {baked} the model was exported with; "
+                          f"export again with a lower one (swiftdet export ... model.{cfg.model.arch}.score_thresh="
+                          f"{score_thresh}).")
+    predictor = Predictor.from_model(cfg, exported, meta=meta, batch_size=batch_size, min_score=score_thresh)
+    return predictor
+
+
+def _baked_score_thresh(cfg: Config) -> float:
+    return float(getattr(cfg.model, cfg.model.arch).score_thresh)

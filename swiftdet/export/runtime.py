@@ -87,10 +87,12 @@ class ExportedModel:
     Args:
         path: the exported file.
         backend: "onnxruntime" (ONNX files) or "torchscript".
-        cfg: its config (from the file's metadata).
+        cfg: its config (from the file's metadata); info: the file's swiftdet metadata.
+        threads: onnxruntime's intra-op threads (None: its default, one per core).
     """
 
-    def __init__(self, path: str | os.PathLike, backend: str, cfg: Config, info: dict[str, str]):
+    def __init__(self, path: str | os.PathLike, backend: str, cfg: Config, info: dict[str, str],
+                 threads: int | None = None):
         if backend not in BACKENDS:
             raise ConfigError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
         self.path = Path(path)
@@ -105,7 +107,10 @@ class ExportedModel:
             if _is_torchscript(self.path):
                 raise ConfigError(f"'{path}' is a TorchScript file: use --backend torchscript.")
             ort = _import("onnxruntime", backend)
-            self._session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         else:
             if not _is_torchscript(self.path):
                 raise ConfigError(f"'{path}' is an ONNX file: use --backend onnxruntime.")

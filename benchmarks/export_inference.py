@@ -1,0 +1,89 @@
+"""Latency of exported swiftdet models (onnxruntime, TorchScript) vs eager swiftdet and torchvision.
+
+    python benchmarks/export_inference.py [--model retinanet|fcos] [--batch 1] [--iters 5] [--threads 2]
+
+The same random weights in all (``dense_inference.build_models``: torchvision's model converted
+into swiftdet's), one 3x800x1216 image (or ``--batch`` copies of it, shifted so they differ), end
+to end: each runner takes the images at their test size (800x1216 needs no resize) and returns
+detections in image pixels. Runners alternate after one warm-up each; medians are printed with
+their ratio to torchvision, and the exported models' detections are checked against eager
+swiftdet (counts, labels, and the largest box and score differences).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dense_inference import build_models
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=("retinanet", "fcos"), default="retinanet")
+    parser.add_argument("--batch", type=int, default=1, help="images per call")
+    parser.add_argument("--iters", type=int, default=5, help="timed runs per runner (alternating)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of torch and onnxruntime")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from swiftdet.config.core import load_config
+    from swiftdet.export.onnx import export_model
+    from swiftdet.export.runtime import ExportedModel, read_export_info
+    from swiftdet.model.layers import fuse_for_inference
+
+    tv, plain = build_models(args.model, fast=False)
+    fast = fuse_for_inference(plain)
+    config = {"retinanet": "retinanet_R_50_FPN_1x", "fcos": "fcos_R_50_FPN_1x"}[args.model]
+    cfg = load_config(config, ["model.num_classes=91", f"model.{args.model}.score_thresh=0.0",
+                               f"model.{args.model}.detections_per_image=100"])
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(3, 800, 1216, generator=g) * 255
+    images = [base.roll(17 * i, dims=-1) for i in range(args.batch)]
+    sizes = [tuple(img.shape[-2:]) for img in images]
+
+    folder = Path(tempfile.mkdtemp(prefix="swiftdet_export_bench_"))
+    runners = {
+        "torchvision": lambda: tv([img / 255.0 for img in images]),
+        "swiftdet eager (fast)": lambda: fast.predict(images, sizes),
+    }
+    started = time.perf_counter()
+    for fmt, backend, name in (("onnx", "onnxruntime", "model.onnx"), ("torchscript", "torchscript", "model.pt")):
+        path = export_model(fast, cfg, folder / name, fmt=fmt)
+        exported = ExportedModel(path, backend, cfg, read_export_info(path), threads=args.threads)
+        runners[f"swiftdet {backend}"] = (lambda e: lambda: e.predict(images, sizes))(exported)
+    print(f"exported both formats in {time.perf_counter() - started:.1f} s")
+
+    outputs = {}
+    with torch.no_grad():
+        for name, run in runners.items():
+            outputs[name] = run()  # warm-up and agreement
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(args.iters):
+            for name, run in runners.items():
+                t0 = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(v) for name, v in times.items()}
+    print(f"{args.model} R50-FPN, batch {args.batch} of 3x800x1216, {args.threads} threads, {args.iters} runs each "
+          f"(alternating), load average {os.getloadavg()[0]:.2f}")
+    for name in runners:
+        print(f"  {name:24s} median {med[name] * 1000:8.1f} ms   ratio to torchvision {med[name] / med['torchvision']:.3f}")
+    reference = outputs["swiftdet eager (fast)"]
+    for name in ("swiftdet onnxruntime", "swiftdet torchscript"):
+        got = outputs[name]
+        counts = [len(r) for r in got] == [len(r) for r in reference]
+        labels = counts and all(torch.equal(a.labels, b.labels) for a, b in zip(got, reference))
+        box = max(float((a.boxes.tensor - b.boxes.tensor).abs().max()) for a, b in zip(got, reference) if len(a))
+        score = max(float((a.scores - b.scores).abs().max()) for a, b in zip(got, reference) if len(a))
+        print(f"  {name} vs eager: counts equal {counts}, labels equal {labels}, max box diff {box:.2e} px, "
+              f"max score diff {score:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -214,9 +214,34 @@ class InputConfig(Section):
     max_size_test: PositiveInt = 1333
     hflip_prob: Probability = 0.5
     size_divisibility: PositiveInt = 32
+    # 'shortest_edge': the min_size_*/max_size_* resize above (aspect ratio kept). 'fixed': every
+    # image, in training and at test time, is stretched to fixed_size = (height, width) (SSD; the
+    # aspect ratio is not kept) and min_size_*/max_size_* are not used (setting them is an error).
+    resize: Literal["shortest_edge", "fixed"] = "shortest_edge"
+    fixed_size: tuple[PositiveInt, PositiveInt] = (300, 300)
+    # SSD training augmentations (torchvision's detection references), all off by default; they run
+    # before the flip and the resize. Photometric distortion: each of brightness, contrast,
+    # saturation, hue and a channel permutation applied with this probability (torchvision: 0.5).
+    photometric_distort_prob: Probability = 0.0
+    # Zoom out: with this probability the image is placed at a random spot of a canvas 1 to
+    # zoom_out_max_scale times its size, filled with model.pixel_mean (torchvision: 0.5 and 4).
+    zoom_out_prob: Probability = 0.0
+    zoom_out_max_scale: Annotated[float, Range(1, 4)] = 4.0
+    # SSD's random IoU crop: a crop whose IoU with some box reaches a random minimum (or no crop);
+    # boxes whose centre falls outside the crop are dropped.
+    iou_crop: bool = False
 
     def validate(self) -> None:
         _check(len(self.min_size_train) > 0, "input.min_size_train needs at least one size.")
+        if self.resize == "fixed":
+            # A changed min/max size would otherwise be silently ignored.
+            defaults = InputConfig()
+            unused = [f"input.{k}" for k in ("min_size_train", "max_size_train", "min_size_test", "max_size_test")
+                      if getattr(self, k) != getattr(defaults, k)]
+            _check(not unused, f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used with input.resize "
+                               f"'fixed': every image is resized to input.fixed_size {list(self.fixed_size)} (height, "
+                               "width). Leave the min/max sizes at their defaults and set input.fixed_size, or set "
+                               "input.resize=shortest_edge.")
 
 
 @dataclass

@@ -18,13 +18,12 @@ from swiftdet.config.schema import Config
 from swiftdet.data.samplers import InferenceSampler, TrainBatchSampler
 from swiftdet.data.storage import DetectionDataset, ImageRecord
 from swiftdet.data.transforms import (
-    Augmentation,
     TestTransform,
+    TrainTransform,
     apply_augmentation,
     augmentation_rng,
     read_image,
     record_to_instances,
-    sample_augmentation,
 )
 from swiftdet.errors import DatasetError, InputError, SwiftdetError
 from swiftdet.structures import Instances, flip_indices
@@ -73,8 +72,8 @@ class SampleMapper:
     """Turns (dataset index, global stream position) into a :class:`Sample`.
 
     Args:
-        training: draw an augmentation from (seed, position) with ``min_sizes``/``max_size``/
-            ``hflip_prob``; otherwise apply ``test_transform``.
+        training: apply ``train_transform`` with the generator of (seed, position); otherwise
+            apply ``test_transform``.
         with_targets: build ``Sample.instances``.
     """
 
@@ -83,24 +82,20 @@ class SampleMapper:
         dataset: DetectionDataset,
         *,
         training: bool,
-        min_sizes: Sequence[int] = (),
-        max_size: int = 0,
+        train_transform: TrainTransform | None = None,
         test_transform: TestTransform | None = None,
-        hflip_prob: float = 0.0,
         seed: int = 0,
         keypoint_flip_map: Sequence[tuple[str, str]] = (),
         with_targets: bool = True,
     ):
-        if training and not min_sizes:
-            raise ValueError("a training SampleMapper needs min_sizes and max_size")
+        if training and train_transform is None:
+            raise ValueError("a training SampleMapper needs its train_transform")
         if not training and test_transform is None:
             raise ValueError("a test SampleMapper needs its test_transform")
         self.dataset = dataset
         self.training = training
+        self.train_transform = train_transform
         self.test_transform = test_transform
-        self.min_sizes = tuple(int(s) for s in min_sizes)
-        self.max_size = int(max_size)
-        self.hflip_prob = float(hflip_prob)
         self.seed = int(seed)
         self.with_targets = with_targets
         names = dataset.meta.keypoint_names
@@ -110,11 +105,6 @@ class SampleMapper:
         except ValueError as e:
             raise DatasetError(f"{dataset.load_summary.source}: data.keypoint_flip_map does not fit the keypoints: {e}.") from None
 
-    def augmentation(self, position: int) -> Augmentation:
-        if not self.training:
-            return self.test_transform.augmentation
-        return sample_augmentation(augmentation_rng(self.seed, position), self.min_sizes, self.max_size, self.hflip_prob)
-
     def __call__(self, index: int, position: int) -> Sample:
         ds = self.dataset
         record = ds.get(index)
@@ -123,7 +113,11 @@ class SampleMapper:
         instances = None
         if self.with_targets:
             instances = record_to_instances(record, with_masks=ds.has_masks, with_keypoints=ds.has_keypoints)
-        image, instances = apply_augmentation(image.float(), instances, self.augmentation(position), self.flip_index)
+        if self.training:
+            rng = augmentation_rng(self.seed, position)
+            image, instances = self.train_transform(image, instances, rng, self.flip_index)
+        else:
+            image, instances = apply_augmentation(image.float(), instances, self.test_transform.augmentation, self.flip_index)
         return Sample(image=image, image_id=record.image_id, file_name=record.file_name, original_size=(h, w), instances=instances)
 
 
@@ -260,7 +254,7 @@ def build_train_loader(
     """Infinite training batches for one process.
 
     Args:
-        cfg: uses ``seed``, ``input.min_size_train/max_size_train/hflip_prob``,
+        cfg: uses ``seed``, ``input`` (:meth:`TrainTransform.from_config`),
             ``data.aspect_ratio_grouping``, ``data.num_workers``, ``data.keypoint_flip_map``.
         dataset: typically ``load_dataset(cfg.data.train, training=True)``.
         batch_size: images per batch in this process (``solver.ims_per_batch // world_size``).
@@ -272,9 +266,7 @@ def build_train_loader(
     mapper = SampleMapper(
         dataset,
         training=True,
-        min_sizes=cfg.input.min_size_train,
-        max_size=cfg.input.max_size_train,
-        hflip_prob=cfg.input.hflip_prob,
+        train_transform=TrainTransform.from_config(cfg),
         seed=cfg.seed,
         keypoint_flip_map=cfg.data.keypoint_flip_map,
     )

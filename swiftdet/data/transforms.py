@@ -6,9 +6,17 @@ same output size and pixels, and boxes/keypoints scaled by the float32 ratios ne
 per axis. The data pipeline resizes 0-255 pixels and the model normalises afterwards, where
 torchvision normalises first; bilinear weights sum to one, so the two agree to float rounding.
 
-Randomness (the training size picked from ``min_size_train``, the flip) comes from a generator
-seeded by (seed, the sample's position in the sampler stream): :func:`augmentation_rng`. The same
-sample gets the same augmentation whatever the number of loader workers, and after a resume.
+With ``input.resize = "fixed"`` every image is instead stretched to ``input.fixed_size`` (SSD), by
+the same ``F.interpolate(size=...)`` call that ``GeneralizedRCNNTransform(fixed_size=...)`` makes.
+
+SSD's training augmentations (:class:`TrainTransform`) follow torchvision's detection references:
+photometric distortion, zoom out onto a canvas of the pixel mean, and the random IoU crop, applied
+in that order before the flip and the resize, with boxes, masks and keypoints moved along.
+
+Randomness (the training size picked from ``min_size_train``, the flip, the SSD augmentations)
+comes from a generator seeded by (seed, the sample's position in the sampler stream):
+:func:`augmentation_rng`. The same sample gets the same augmentation whatever the number of loader
+workers, and after a resume.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import functional as TF
 
 from swiftdet.config.schema import Config
 from swiftdet.errors import InputError
@@ -31,15 +40,26 @@ from swiftdet.structures.masks import polygons_to_bitmask, rle_to_bitmask
 
 __all__ = [
     "Augmentation",
+    "Crop",
+    "Photometric",
+    "ZoomOut",
     "apply_augmentation",
     "augmentation_rng",
+    "crop",
+    "photometric_distort",
     "read_image",
     "record_to_instances",
     "resize_image",
+    "resize_image_fixed",
     "resized_size",
     "sample_augmentation",
+    "sample_iou_crop",
+    "sample_photometric",
+    "sample_zoom_out",
     "TestTransform",
+    "TrainTransform",
     "transform_instances",
+    "zoom_out",
 ]
 
 
@@ -178,11 +198,29 @@ def transform_instances(
 
 @dataclass(frozen=True)
 class Augmentation:
-    """What happens to one sample: resize to ``min_size``/``max_size``, then mirror if ``hflip``."""
+    """What happens to one sample: resize to ``min_size``/``max_size`` (or, when ``fixed_size`` =
+    (height, width) is given, to exactly that size), then mirror if ``hflip``."""
 
     min_size: int
     max_size: int
     hflip: bool = False
+    fixed_size: tuple[int, int] | None = None
+
+
+def resize_image_fixed(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Stretch a (C, H, W) float image to ``size`` = (height, width), aspect ratio not kept.
+
+    The same ``F.interpolate`` call as torchvision's ``GeneralizedRCNNTransform(fixed_size=(width,
+    height))`` (which passes ``size=[fixed_size[1], fixed_size[0]]``): bilinear, align_corners=False,
+    no scale factor; so the pixels are bit-identical to torchvision's for the same input tensor.
+    """
+    if not image.is_floating_point():
+        raise TypeError(f"resize_image_fixed expects a float image, got {image.dtype}; convert with image.float()")
+    height, width = int(size[0]), int(size[1])
+    return F.interpolate(
+        image[None], size=[height, width], scale_factor=None, mode="bilinear", recompute_scale_factor=None,
+        align_corners=False,
+    )[0]
 
 
 @dataclass(frozen=True)
@@ -190,29 +228,37 @@ class TestTransform:
     """The test-time transform: one object, used by evaluation (the test loader), ``predict``, the
     demo and export, so that they can never resize differently.
 
-    Today it is the resize to ``min_size``/``max_size`` (:func:`resize_image`); the model
-    normalises and pads. Build it from a config with :meth:`from_config`.
+    The resize to ``min_size``/``max_size`` (:func:`resize_image`), or with ``fixed_size`` =
+    (height, width) the stretch to that size (:func:`resize_image_fixed`); the model normalises and
+    pads. Build it from a config with :meth:`from_config`.
     """
 
     min_size: int
     max_size: int
+    fixed_size: tuple[int, int] | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> "TestTransform":
-        """The transform of ``cfg.input`` (``min_size_test``, ``max_size_test``)."""
-        return cls(int(cfg.input.min_size_test), int(cfg.input.max_size_test))
+        """The transform of ``cfg.input`` (``resize``, ``fixed_size``, ``min_size_test``, ``max_size_test``)."""
+        fixed = (int(cfg.input.fixed_size[0]), int(cfg.input.fixed_size[1]))
+        return cls(int(cfg.input.min_size_test), int(cfg.input.max_size_test),
+                   fixed if cfg.input.resize == "fixed" else None)
 
     @property
     def augmentation(self) -> Augmentation:
         """The same resize as an :class:`Augmentation` (no flip), for images with annotations."""
-        return Augmentation(self.min_size, self.max_size, False)
+        return Augmentation(self.min_size, self.max_size, False, self.fixed_size)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) of an image of this size after the transform."""
+        if self.fixed_size is not None:
+            return self.fixed_size
         return resized_size(height, width, self.min_size, self.max_size)
 
     def __call__(self, image: Tensor) -> Tensor:
         """(3, H, W) float 0-255 image -> (3, H', W') resized, (H', W') = :meth:`output_size`."""
+        if self.fixed_size is not None:
+            return resize_image_fixed(image, self.fixed_size)
         return resize_image(image, self.min_size, self.max_size)
 
 
@@ -223,7 +269,11 @@ def augmentation_rng(seed: int, position: int) -> np.random.Generator:
 
 
 def sample_augmentation(
-    rng: np.random.Generator, min_sizes: Sequence[int], max_size: int, hflip_prob: float
+    rng: np.random.Generator,
+    min_sizes: Sequence[int],
+    max_size: int,
+    hflip_prob: float,
+    fixed_size: tuple[int, int] | None = None,
 ) -> Augmentation:
     """Draw a training augmentation: one size of ``min_sizes``, a flip with ``hflip_prob``.
 
@@ -231,19 +281,353 @@ def sample_augmentation(
     """
     size = int(min_sizes[int(rng.integers(len(min_sizes)))])
     flip = bool(rng.random() < hflip_prob)
-    return Augmentation(size, int(max_size), flip)
+    return Augmentation(size, int(max_size), flip, fixed_size)
 
 
 def apply_augmentation(
     image: Tensor, instances: Instances | None, aug: Augmentation, flip_index: Sequence[int] | None = None
 ) -> tuple[Tensor, Instances | None]:
     """Resize (and flip) a (3, H, W) float image and its instances; returns the new pair."""
-    image = resize_image(image, aug.min_size, aug.max_size)
+    if aug.fixed_size is not None:
+        image = resize_image_fixed(image, aug.fixed_size)
+    else:
+        image = resize_image(image, aug.min_size, aug.max_size)
     if aug.hflip:
         image = image.flip(-1)
     if instances is not None:
         instances = transform_instances(instances, (int(image.shape[-2]), int(image.shape[-1])), aug.hflip, flip_index)
     return image, instances
+
+
+# ----------------------------------------------------------------------------------------------
+# SSD augmentations: photometric distortion, zoom out, IoU crop
+# ----------------------------------------------------------------------------------------------
+# torchvision's RandomPhotometricDistort ranges.
+PHOTOMETRIC_BRIGHTNESS = (0.875, 1.125)
+PHOTOMETRIC_CONTRAST = (0.5, 1.5)
+PHOTOMETRIC_SATURATION = (0.5, 1.5)
+PHOTOMETRIC_HUE = (-0.05, 0.05)
+# torchvision's RandomIoUCrop: minimum IoU choices (1.0: leave the image as it is), crop side as a
+# fraction of the image side, crop aspect ratio (width / height), tries per choice.
+IOU_CROP_MIN_IOUS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+IOU_CROP_SCALE = (0.3, 1.0)
+IOU_CROP_ASPECT = (0.5, 2.0)
+IOU_CROP_TRIALS = 40
+
+
+@dataclass(frozen=True)
+class Photometric:
+    """One draw of the photometric distortion: each factor is None when that step is skipped."""
+
+    brightness: float | None = None
+    contrast: float | None = None
+    saturation: float | None = None
+    hue: float | None = None
+    contrast_before: bool = True  # contrast before saturation and hue, else after them
+    permutation: tuple[int, ...] | None = None  # channel order, as torchvision's permute_channels
+
+    @property
+    def identity(self) -> bool:
+        return all(v is None for v in (self.brightness, self.contrast, self.saturation, self.hue, self.permutation))
+
+
+def sample_photometric(rng: np.random.Generator, prob: float) -> Photometric:
+    """Draw torchvision's RandomPhotometricDistort(p=prob): brightness, contrast, saturation, hue and
+    a channel permutation, each applied with ``prob``; contrast goes first or after hue, evenly.
+
+    Always draws the same 12 numbers, so the stream after it does not depend on ``prob``.
+    """
+    factors = []
+    for low, high in (PHOTOMETRIC_BRIGHTNESS, PHOTOMETRIC_CONTRAST, PHOTOMETRIC_SATURATION, PHOTOMETRIC_HUE):
+        apply, value = rng.random() < prob, float(rng.uniform(low, high))
+        factors.append(value if apply else None)
+    contrast_before = bool(rng.random() < 0.5)
+    permute, order = rng.random() < prob, tuple(int(i) for i in rng.permutation(3))
+    return Photometric(*factors, contrast_before=contrast_before, permutation=order if permute else None)
+
+
+def photometric_distort(image: Tensor, params: Photometric) -> Tensor:
+    """Apply a :class:`Photometric` draw to a (3, H, W) RGB image with torchvision's v2 kernels.
+
+    A uint8 image is processed as uint8, as torchvision's references do (values rounded down and
+    clamped to 0-255 after each step); a float image is taken as 0-255 (scaled to 0-1 for the
+    kernels and back). The result has the input's dtype and stays in 0-255.
+    """
+    if params.identity:
+        return image
+    fp = image.is_floating_point()
+    out = (image / 255.0).clamp(0.0, 1.0) if fp else image
+    if params.brightness is not None:
+        out = TF.adjust_brightness(out, brightness_factor=params.brightness)
+    if params.contrast is not None and params.contrast_before:
+        out = TF.adjust_contrast(out, contrast_factor=params.contrast)
+    if params.saturation is not None:
+        out = TF.adjust_saturation(out, saturation_factor=params.saturation)
+    if params.hue is not None:
+        out = TF.adjust_hue(out, hue_factor=params.hue)
+    if params.contrast is not None and not params.contrast_before:
+        out = TF.adjust_contrast(out, contrast_factor=params.contrast)
+    if params.permutation is not None:
+        out = TF.permute_channels(out, permutation=list(params.permutation))
+    return out * 255.0 if fp else out
+
+
+@dataclass(frozen=True)
+class ZoomOut:
+    """The image goes at (``left``, ``top``) of a ``height`` x ``width`` canvas."""
+
+    height: int
+    width: int
+    top: int
+    left: int
+
+
+def sample_zoom_out(rng: np.random.Generator, height: int, width: int, prob: float, max_scale: float) -> ZoomOut | None:
+    """Draw torchvision's RandomZoomOut(side_range=(1, max_scale), p=prob) for a height x width
+    image: a canvas side r times the image's (r uniform in [1, max_scale)), a uniform position.
+
+    Always draws the same 4 numbers; None when the zoom is skipped.
+    """
+    apply, r, fx, fy = rng.random() < prob, 1.0 + rng.random() * (max_scale - 1.0), rng.random(), rng.random()
+    if not apply:
+        return None
+    canvas_h, canvas_w = int(height * r), int(width * r)
+    return ZoomOut(canvas_h, canvas_w, int((canvas_h - height) * fy), int((canvas_w - width) * fx))
+
+
+def _translate_polygons(masks: PolygonMasks, dx: float, dy: float) -> PolygonMasks:
+    out = []
+    for inst in masks.polygons:
+        moved = []
+        for p in inst:
+            q = p.copy()
+            q[0::2] += dx
+            q[1::2] += dy
+            moved.append(q)
+        out.append(moved)
+    return PolygonMasks(out)
+
+
+def zoom_out(
+    image: Tensor, instances: Instances | None, params: ZoomOut, fill: Sequence[float]
+) -> tuple[Tensor, Instances | None]:
+    """Place a (3, H, W) float image on a canvas of ``fill`` (one 0-255 value per RGB channel) and
+    move its instances by (left, top); bitmaps are padded with background."""
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+    canvas = torch.empty((image.shape[0], params.height, params.width), dtype=image.dtype, device=image.device)
+    canvas[:] = torch.tensor(list(fill), dtype=image.dtype, device=image.device)[:, None, None]
+    canvas[:, params.top : params.top + h, params.left : params.left + w] = image
+    if instances is None:
+        return canvas, None
+    dx, dy = params.left, params.top
+    boxes = Boxes(instances.boxes.tensor + torch.tensor([dx, dy, dx, dy], dtype=instances.boxes.tensor.dtype))
+    masks = instances.masks
+    if isinstance(masks, PolygonMasks):
+        masks = _translate_polygons(masks, dx, dy)
+    elif isinstance(masks, BitMasks):
+        # F.pad takes (left, right, top, bottom) for the last two dimensions.
+        pad = (dx, params.width - w - dx, dy, params.height - h - dy)
+        masks = BitMasks(F.pad(masks.tensor, pad))
+    keypoints = instances.keypoints
+    if keypoints is not None:
+        t = keypoints.tensor.clone()
+        t[..., 0] += dx
+        t[..., 1] += dy
+        keypoints = Keypoints(t)
+    return canvas, instances.with_fields(image_size=(params.height, params.width), boxes=boxes, masks=masks,
+                                         keypoints=keypoints)
+
+
+@dataclass(frozen=True)
+class Crop:
+    """The ``height`` x ``width`` window at (``left``, ``top``) of the image."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def centres_inside(self, boxes: Tensor) -> Tensor:
+        """(N,) bool: the centre of each (N, 4) xyxy box lies strictly inside the window."""
+        cx = 0.5 * (boxes[:, 0] + boxes[:, 2])
+        cy = 0.5 * (boxes[:, 1] + boxes[:, 3])
+        return (self.left < cx) & (cx < self.left + self.width) & (self.top < cy) & (cy < self.top + self.height)
+
+
+def sample_iou_crop(rng: np.random.Generator, height: int, width: int, boxes: Tensor) -> Crop | None:
+    """Draw torchvision's RandomIoUCrop for a height x width image with (N, 4) xyxy ``boxes``.
+
+    Pick a minimum IoU from :data:`IOU_CROP_MIN_IOUS` (1.0: no crop); try up to
+    :data:`IOU_CROP_TRIALS` windows whose sides are uniform fractions in :data:`IOU_CROP_SCALE`
+    of the image's, with width / height in :data:`IOU_CROP_ASPECT`, at a uniform position; accept
+    the first that contains some box centre and has IoU >= the minimum with one of those boxes;
+    after failed trials, pick again. None: no crop (also for an image without boxes, where
+    torchvision would pick until it drew 1.0).
+    """
+    if len(boxes) == 0:
+        return None
+    # numpy float32 for the trials (dozens per image): the arithmetic of torchvision's float32
+    # box_iou without a tensor's overhead.
+    b = boxes.detach().to("cpu", torch.float32).numpy()
+    cx, cy = np.float32(0.5) * (b[:, 0] + b[:, 2]), np.float32(0.5) * (b[:, 1] + b[:, 3])
+    areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    low, high = IOU_CROP_SCALE
+    while True:
+        min_iou = IOU_CROP_MIN_IOUS[int(rng.integers(len(IOU_CROP_MIN_IOUS)))]
+        if min_iou >= 1.0:
+            return None
+        for _ in range(IOU_CROP_TRIALS):
+            sx, sy = low + (high - low) * rng.random(2)
+            new_w, new_h = int(width * sx), int(height * sy)
+            if new_w == 0 or new_h == 0 or not IOU_CROP_ASPECT[0] <= new_w / new_h <= IOU_CROP_ASPECT[1]:
+                continue
+            fx, fy = rng.random(2)
+            top, left = int((height - new_h) * fy), int((width - new_w) * fx)
+            right, bottom = left + new_w, top + new_h
+            inside = (left < cx) & (cx < right) & (top < cy) & (cy < bottom)
+            if not inside.any():
+                continue
+            rect = np.array([left, top, right, bottom], dtype=np.float32)
+            inter_w = (np.minimum(b[inside, 2], rect[2]) - np.maximum(b[inside, 0], rect[0])).clip(min=0)
+            inter_h = (np.minimum(b[inside, 3], rect[3]) - np.maximum(b[inside, 1], rect[1])).clip(min=0)
+            inter = inter_w * inter_h
+            iou = inter / (areas[inside] + np.float32(new_w * new_h) - inter)
+            if float(iou.max()) < min_iou:
+                continue
+            return Crop(top, left, new_h, new_w)
+
+
+def _clip_polygon(xy: np.ndarray, width: float, height: float) -> np.ndarray:
+    """(P, 2) polygon clipped to the rectangle [0, width] x [0, height] (Sutherland-Hodgman);
+    (Q, 2), Q = 0 when nothing is left."""
+    for axis, limit, sign in ((0, 0.0, 1.0), (0, width, -1.0), (1, 0.0, 1.0), (1, height, -1.0)):
+        if len(xy) == 0:
+            break
+        inside = sign * (xy[:, axis] - limit) >= 0
+        out = []
+        prev, prev_in = xy[-1], inside[-1]
+        for cur, cur_in in zip(xy, inside):
+            if cur_in != prev_in:  # the edge crosses the line: keep the crossing point
+                t = (limit - prev[axis]) / (cur[axis] - prev[axis])
+                point = prev + t * (cur - prev)
+                point[axis] = limit
+                out.append(point)
+            if cur_in:
+                out.append(cur)
+            prev, prev_in = cur, cur_in
+        xy = np.array(out, dtype=np.float64).reshape(-1, 2)
+    return xy
+
+
+def _crop_polygons(masks: PolygonMasks, window: Crop) -> PolygonMasks:
+    out = []
+    for inst in masks.polygons:
+        kept = []
+        for p in inst:
+            xy = p.reshape(-1, 2) - np.array([window.left, window.top], dtype=np.float64)
+            xy = _clip_polygon(xy, window.width, window.height)
+            if len(xy) >= 3:
+                kept.append(xy.reshape(-1))
+        out.append(kept)
+    return PolygonMasks(out)
+
+
+def crop(image: Tensor, instances: Instances | None, window: Crop) -> tuple[Tensor, Instances | None]:
+    """Cut ``window`` out of a (3, H, W) image and its instances, as torchvision's RandomIoUCrop:
+    instances whose box centre is not strictly inside the window are dropped, the others' boxes
+    clipped to it; polygons are clipped to the window, bitmaps cut; keypoints that leave the
+    window get visibility 0."""
+    top, left, h, w = window.top, window.left, window.height, window.width
+    image = image[:, top : top + h, left : left + w]
+    if instances is None:
+        return image, None
+    keep = window.centres_inside(instances.boxes.tensor)
+    kept = instances[keep]
+    shift = torch.tensor([left, top, left, top], dtype=kept.boxes.tensor.dtype)
+    boxes = Boxes(kept.boxes.tensor - shift).clip((h, w))
+    masks = kept.masks
+    if isinstance(masks, PolygonMasks):
+        masks = _crop_polygons(masks, window)
+    elif isinstance(masks, BitMasks):
+        masks = BitMasks(masks.tensor[:, top : top + h, left : left + w])
+    keypoints = kept.keypoints
+    if keypoints is not None:
+        t = keypoints.tensor.clone()
+        t[..., 0] -= left
+        t[..., 1] -= top
+        outside = (t[..., 0] < 0) | (t[..., 0] > w) | (t[..., 1] < 0) | (t[..., 1] > h)
+        t[..., 2] = torch.where(outside, torch.zeros_like(t[..., 2]), t[..., 2])
+        keypoints = Keypoints(t)
+    return image, kept.with_fields(image_size=(h, w), boxes=boxes, masks=masks, keypoints=keypoints)
+
+
+@dataclass(frozen=True)
+class TrainTransform:
+    """The training transform of ``cfg.input``: photometric distortion, zoom out, IoU crop (each
+    when enabled), then the resize (a size drawn from ``min_sizes``, or ``fixed_size``) and the flip.
+
+    Every random number comes from the generator passed in (:func:`augmentation_rng` of the
+    sample's stream position). The size and the flip are drawn first, as before these
+    augmentations existed, so configs that leave them off get exactly the samples they got then.
+
+    Attributes:
+        zoom_out_fill: canvas value per RGB channel (the model's pixel mean, in RGB order).
+    """
+
+    min_sizes: tuple[int, ...]
+    max_size: int
+    hflip_prob: float
+    fixed_size: tuple[int, int] | None = None
+    photometric_distort_prob: float = 0.0
+    zoom_out_prob: float = 0.0
+    zoom_out_max_scale: float = 4.0
+    zoom_out_fill: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    iou_crop: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "TrainTransform":
+        """The transform of ``cfg.input`` (and ``model.pixel_mean`` / ``input_format`` for the zoom-out fill)."""
+        inp = cfg.input
+        fixed = (int(inp.fixed_size[0]), int(inp.fixed_size[1]))
+        mean = tuple(float(v) for v in cfg.model.pixel_mean)
+        # pixel_mean is in input_format order; the data pipeline's images are RGB.
+        fill = mean[::-1] if cfg.model.input_format == "BGR" else mean
+        return cls(
+            min_sizes=tuple(int(s) for s in inp.min_size_train),
+            max_size=int(inp.max_size_train),
+            hflip_prob=float(inp.hflip_prob),
+            fixed_size=fixed if inp.resize == "fixed" else None,
+            photometric_distort_prob=float(inp.photometric_distort_prob),
+            zoom_out_prob=float(inp.zoom_out_prob),
+            zoom_out_max_scale=float(inp.zoom_out_max_scale),
+            zoom_out_fill=fill,  # type: ignore[arg-type]
+            iou_crop=bool(inp.iou_crop),
+        )
+
+    def __call__(
+        self,
+        image: Tensor,
+        instances: Instances | None,
+        rng: np.random.Generator,
+        flip_index: Sequence[int] | None = None,
+    ) -> tuple[Tensor, Instances | None]:
+        """Augment a (3, H, W) image (uint8, or float 0-255) and its instances.
+
+        Returns:
+            (3, H', W') float32 0-255 image and the instances in its coordinates.
+        """
+        aug = sample_augmentation(rng, self.min_sizes, self.max_size, self.hflip_prob, self.fixed_size)
+        photometric = sample_photometric(rng, self.photometric_distort_prob)
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        zoom = sample_zoom_out(rng, h, w, self.zoom_out_prob, self.zoom_out_max_scale)
+        image = photometric_distort(image, photometric).float()
+        if zoom is not None:
+            image, instances = zoom_out(image, instances, zoom, self.zoom_out_fill)
+        if self.iou_crop and instances is not None:
+            window = sample_iou_crop(rng, int(image.shape[-2]), int(image.shape[-1]), instances.boxes.tensor)
+            if window is not None:
+                image, instances = crop(image, instances, window)
+        return apply_augmentation(image, instances, aug, flip_index)
 
 
 # ----------------------------------------------------------------------------------------------

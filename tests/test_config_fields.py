@@ -20,7 +20,7 @@ from swiftdet.config.core import load_config
 from swiftdet.demo.synth import generate_synthetic_coco
 from swiftdet.engine.optim import IterationLRSchedule, build_optimizer
 from swiftdet.inference import Predictor
-from swiftdet.structures import Boxes, Instances
+from swiftdet.structures import Boxes, Instances, Keypoints
 from swiftdet.weights import build_model_with_weights
 
 PACKAGE = Path(swiftdet.__file__).resolve().parent
@@ -89,9 +89,14 @@ def _data(root: Path) -> list[str]:
 def _train_step(model: torch.nn.Module, image: torch.Tensor, num_classes: int) -> None:
     """One forward/backward of two images (BatchNorm needs more than one value on 1x1 levels),
     with targets that cover every loss of the architecture."""
+    keypoints = None
+    roi_heads = getattr(model, "roi_heads", None)
+    if roi_heads is not None and roi_heads.keypoint_on:
+        k = roi_heads.keypoint_head.num_keypoints
+        keypoints = Keypoints(torch.tensor([[20.0, 20.0, 2.0], [45.0, 15.0, 2.0]])[:, None].repeat(1, k, 1))
     target = Instances(
         (64, 64), boxes=Boxes(torch.tensor([[8.0, 10.0, 40.0, 50.0], [30.0, 5.0, 60.0, 30.0]])),
-        labels=torch.tensor([0, num_classes - 1]),
+        labels=torch.tensor([0, num_classes - 1]), keypoints=keypoints,
     )
     model.train()
     losses = model(model.preprocess([image, image.flip(-1)]), [target, target])
@@ -121,6 +126,10 @@ def test_every_config_field_is_read(synth, tmp_path):
             ("retinanet_R_50_FPN_v2", TINY_DENSE),
             ("retinanet_R_50_FPN_1x", [*TINY_DENSE, "model.retinanet.box_loss=smooth_l1", "model.retinanet.smooth_l1_beta=0.1"]),
             ("fcos_R_50_FPN_1x", TINY_DENSE),
+            ("faster_rcnn_MV3_FPN_320", TINY_RCNN[1:]),
+            ("ssdlite320_MV3", ["input.fixed_size=[64,64]"]),
+            ("keypoint_rcnn_R_50_FPN_1x", [*TINY_RCNN, "model.num_classes=2", "model.keypoint_head.conv_dim=16",
+                                           "model.keypoint_head.num_convs=1"]),
         ]:
             cfg = load_config(name, overrides)
             model, _ = build_model_with_weights(cfg)

@@ -15,8 +15,14 @@ TINY = ["model.backbone.depth=18", "model.num_classes=3", "model.fpn.out_channel
 MODELS = {
     "mask_rcnn_R_50_FPN_1x": [*TINY, "model.box_head.fc_dim=64", "model.mask_head.conv_dim=16",
                               "model.rpn.post_nms_topk_test=100", "model.box_head.detections_per_image=500"],
+    "keypoint_rcnn_R_50_FPN_1x": [*TINY, "model.box_head.fc_dim=64", "model.keypoint_head.conv_dim=16",
+                                  # Fewer proposals than the mask model: keypoints are decoded box by box.
+                                  "model.keypoint_head.num_convs=2",
+                                  "model.rpn.post_nms_topk_test=30", "model.box_head.detections_per_image=500"],
     "retinanet_R_50_FPN_1x": [*TINY, "model.retinanet.detections_per_image=2000"],
     "fcos_R_50_FPN_1x": [*TINY, "model.fcos.detections_per_image=2000"],
+    # SSD (the SSDlite layout: VGG's unpadded 3x3 extra layers need at least 300 pixels).
+    "ssdlite320_MV3": ["model.num_classes=3", "model.ssd.detections_per_image=2000"],
 }
 PADDED = (128, 160)
 
@@ -42,7 +48,7 @@ def _batch(seed: int, sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch
     return images, torch.tensor(sizes, dtype=torch.int64)
 
 
-def _check_raw(raw: dict[str, torch.Tensor], sizes: torch.Tensor, num_classes: int, mask: bool) -> None:
+def _check_raw(raw: dict[str, torch.Tensor], sizes: torch.Tensor, num_classes: int, mask: bool, keypoints: int = 0) -> None:
     n = raw["boxes"].shape[0]
     assert raw["boxes"].shape == (n, 4) and raw["boxes"].dtype == torch.float32
     assert raw["scores"].shape == (n,) and raw["labels"].shape == (n,) and raw["labels"].dtype == torch.int64
@@ -60,6 +66,17 @@ def _check_raw(raw: dict[str, torch.Tensor], sizes: torch.Tensor, num_classes: i
         assert bool((m >= 0).all()) and bool((m <= 1).all())
     else:
         assert "mask_probs" not in raw
+    if keypoints:
+        kp, start = raw["keypoints"], 0
+        assert kp.shape == (n, keypoints, 3) and kp.dtype == torch.float32
+        for count in raw["num_detections"].tolist():
+            # Each keypoint lies inside its detection's box (torchvision's decoding: cell centres of the box).
+            boxes, points = raw["boxes"][start:start + count, None], kp[start:start + count]
+            assert bool((points[..., 0] >= boxes[..., 0]).all()) and bool((points[..., 1] >= boxes[..., 1]).all())
+            assert bool((points[..., 0] <= boxes[..., 0] + (boxes[..., 2] - boxes[..., 0]).clamp(min=1)).all())
+            start += count
+    else:
+        assert "keypoints" not in raw
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -68,7 +85,8 @@ def test_core_outputs_the_documented_raw_tensors(name):
     images, sizes = _batch(0, [(128, 150), (100, 160)])
     with torch.no_grad():
         raw = model.core(images, sizes)
-    _check_raw(raw, sizes, model.num_classes, mask=name.startswith("mask"))
+    _check_raw(raw, sizes, model.num_classes, mask=name.startswith("mask"),
+               keypoints=model.roi_heads.keypoint_head.num_keypoints if name.startswith("keypoint") else 0)
     assert int(raw["num_detections"].min()) > 0
 
 

@@ -37,7 +37,7 @@ def convert_torchvision(input_path: str, output_path: str, cfg, *, allow_pickle:
     from swiftdet.utils.io import atomic_torch_save
     from swiftdet.weights.checkpoint import extract_state_dict, is_checkpoint, make_checkpoint, match_state_dict
     from swiftdet.weights.checkpoint import read_weights_file
-    from swiftdet.weights.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+    from swiftdet.weights.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, COCO_PERSON_KEYPOINT_NAMES
 
     obj = read_weights_file(input_path, allow_pickle=allow_pickle, allow_pickle_hint="--allow-pickle")
     if is_checkpoint(obj):
@@ -48,6 +48,10 @@ def convert_torchvision(input_path: str, output_path: str, cfg, *, allow_pickle:
         from swiftdet.weights.torchvision_rcnn import convert_rcnn_state_dict
 
         converted = convert_rcnn_state_dict(state_dict, cfg.model, source=input_path)
+    elif cfg.model.arch == "ssd":
+        from swiftdet.weights.torchvision_ssd import convert_ssd_state_dict
+
+        converted = convert_ssd_state_dict(state_dict, cfg.model)
     else:
         from swiftdet.weights.torchvision_dense import convert_dense_state_dict
 
@@ -65,6 +69,12 @@ def convert_torchvision(input_path: str, output_path: str, cfg, *, allow_pickle:
     if cfg.model.num_classes == 80:
         meta["class_names"] = list(COCO_CLASS_NAMES)
         meta["category_ids"] = list(COCO_CATEGORY_IDS)
+    elif cfg.model.keypoint_on and cfg.model.num_classes == 1 and cfg.model.keypoint_head.num_keypoints == 17:
+        # torchvision's keypointrcnn: COCO persons, drawn with their skeleton.
+        from swiftdet.visualization.draw import COCO_PERSON_SKELETON
+
+        meta.update(class_names=["person"], category_ids=[1], keypoint_names=list(COCO_PERSON_KEYPOINT_NAMES),
+                    skeleton=[list(pair) for pair in COCO_PERSON_SKELETON])
     atomic_torch_save(make_checkpoint(model, config_to_dict(cfg), meta), output_path)
     return meta
 

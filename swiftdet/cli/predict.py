@@ -29,6 +29,8 @@ HELP = "detect objects in image files or folders; write drawn images and COCO-fo
 # Unreadable inputs of the last run, one "path<TAB>reason" line each (absent when there were none).
 SKIPPED_FILE = "skipped_images.txt"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Predicted keypoints are drawn where their score (a heatmap logit) exceeds this (detectron2's value).
+KEYPOINT_DRAW_THRESH = 0.05
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -330,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
     from swiftdet.evaluation.results import instances_to_coco_results
     from swiftdet.inference.predictor import Predictor
     from swiftdet.utils.io import atomic_write
-    from swiftdet.visualization.draw import draw_instances, save_image
+    from swiftdet.visualization.draw import COCO_PERSON_SKELETON, draw_instances, save_image
     from swiftdet.weights.checkpoint import config_for_weights
 
     exported = _check_backend_arguments(args)
@@ -354,6 +356,9 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor(cfg, args.weights, device=args.device, score_thresh=args.score_thresh,
                               batch_size=args.batch_size, fast=not args.plain)
     category_ids = predictor.category_ids
+    # The limbs: the training data's skeleton (in a run's checkpoint), else COCO's for a 17-keypoint model.
+    skeleton = predictor.meta.get("skeleton") or (
+        COCO_PERSON_SKELETON if cfg.model.keypoint_on and cfg.model.keypoint_head.num_keypoints == 17 else None)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
@@ -389,6 +394,8 @@ def run(args: argparse.Namespace) -> int:
                 scores=shown.scores.numpy(),
                 masks=shown.masks,  # CroppedMasks: drawn crop by crop, never at full size
                 keypoints=shown.keypoints.tensor.numpy() if shown.keypoints is not None else None,
+                skeleton=skeleton,
+                keypoint_threshold=KEYPOINT_DRAW_THRESH,
                 class_names=predictor.class_names,
             )
             save_image(drawn, out_dir / names[i])

@@ -35,22 +35,73 @@ def _check(cond: bool, message: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------
+# Which fields of model.backbone belong to one network only: set (changed from the default) with
+# another model.backbone.name they would be silently unused, so validation refuses them.
+_RESNET_ONLY = ("depth", "groups", "width_per_group", "style")
+_MOBILENET_ONLY = ("reduced_tail", "dilated", "norm_eps", "norm_momentum")
+
+
 @dataclass
 class ResNetConfig(Section):
+    """``model.backbone``: the bottom-up network (named ResNetConfig from when ResNet was the only one)."""
+
+    # 'resnet': ResNet/ResNeXt (depth, groups, width_per_group, style); 'mobilenet_v3_large':
+    # torchvision's MobileNetV3-Large (reduced_tail, dilated, norm_eps, norm_momentum); 'vgg16': VGG-16
+    # (arch 'ssd' only).
+    name: Literal["resnet", "mobilenet_v3_large", "vgg16"] = "resnet"
     depth: Literal[18, 34, 50, 101, 152] = 50
     groups: PositiveInt = 1  # ResNeXt cardinality (32 for X-101 32x8d)
     width_per_group: PositiveInt = 64  # 8 for X-101 32x8d
     # torchvision: stride on the 3x3 conv; caffe (MSRA/Detectron): stride on the first 1x1 conv.
     style: Literal["torchvision", "caffe"] = "torchvision"
     norm: NormName = "FrozenBN"
-    # 0: train everything; 1: freeze the stem; k>=2: also freeze res2..res{k}.
-    freeze_at: Annotated[int, Range(0, 5)] = 2
+    # Freeze the first k stages. ResNet (0..5): 0 trains everything, 1 freezes the stem, k>=2 also
+    # res2..res{k}. MobileNetV3 (0..6): stages start at blocks 0, 2, 4, 7, 13, 16 (torchvision's
+    # trainable_backbone_layers = 6 - k; its default 3 is freeze_at=3). VGG-16 (0..5): conv1..conv<k>
+    # (torchvision's SSD300 trainable_backbone_layers = 5 - k).
+    freeze_at: Annotated[int, Range(0, 6)] = 2
+    # ResNet: stem, res2..res5. MobileNetV3: block0..block16 (outputs of torchvision's features[i]) and
+    # block2_expand..block15_expand (a block's expansion conv); see swiftdet/model/backbone/mobilenet.py.
+    # VGG-16 (SSD300): conv4, conv5.
     out_features: tuple[str, ...] = ("res2", "res3", "res4", "res5")
-    # Optional ImageNet initialisation (path or URL of torchvision's resnet checkpoint).
+    # Optional ImageNet initialisation (path or URL of torchvision's resnet / mobilenet_v3_large / vgg16 checkpoint).
     weights: str = ""
+    # MobileNetV3 only: halve blocks 13-15 and the last conv (paper table 6); blocks 13-15 at stride 16
+    # with dilation 2 instead of stride 32.
+    reduced_tail: bool = False
+    dilated: bool = False
+    # MobileNetV3 only: eps and momentum of its norm layers. torchvision's Faster R-CNN: 1e-5 and 0.1
+    # (FrozenBN / BN defaults); its ImageNet training and SSDlite use eps 1e-3.
+    norm_eps: Annotated[float, Range(0, 1, low_open=True)] = 1e-5
+    norm_momentum: Annotated[float, Range(0, 1, low_open=True)] = 0.1
 
     def validate(self) -> None:
         _check(self.norm != "", "model.backbone.norm must name a norm layer (FrozenBN, BN, SyncBN or GN).")
+        defaults = ResNetConfig()
+        foreign = [k for k in _RESNET_ONLY if self.name != "resnet"]
+        foreign += [k for k in _MOBILENET_ONLY if self.name != "mobilenet_v3_large"]
+        unused = [f"model.backbone.{k}" for k in foreign if getattr(self, k) != getattr(defaults, k)]
+        _check(not unused, f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to model.backbone.name "
+                           f"'{self.name}'; leave {'it' if len(unused) == 1 else 'them'} at the default or change the name.")
+        if self.name == "mobilenet_v3_large":
+            _check(self.norm in ("FrozenBN", "BN", "SyncBN"),
+                   f"model.backbone.norm '{self.norm}': MobileNetV3 takes FrozenBN, BN or SyncBN.")
+            valid = {f"block{i}" for i in range(17)} | {f"block{i}_expand" for i in range(2, 16)}
+            bad = [f for f in self.out_features if f not in valid]
+            _check(bool(self.out_features) and not bad,
+                   f"model.backbone.out_features has unknown names {bad} for MobileNetV3; valid: block0..block16 "
+                   "and block2_expand..block15_expand.")
+        if self.name == "resnet":
+            self._validate_resnet()
+        if self.name == "vgg16":  # SSD300's VGG-16: stages conv1..conv5, freeze_at 0..5
+            _check(self.freeze_at <= 5, f"model.backbone.freeze_at={self.freeze_at}: VGG-16 has 5 stages (0..5).")
+            _check(self.norm == ResNetConfig().norm, f"model.backbone.norm '{self.norm}': VGG-16 has no norm layers; "
+                                                     "leave it at the default.")
+            _check(tuple(self.out_features) == ("conv4", "conv5"),
+                   f"model.backbone.out_features {list(self.out_features)}: SSD300 takes VGG-16's ['conv4', 'conv5'].")
+
+    def _validate_resnet(self) -> None:
+        _check(self.freeze_at <= 5, f"model.backbone.freeze_at={self.freeze_at}: a ResNet has 5 stages (0..5).")
         _check(
             not (self.depth in (18, 34) and (self.groups != 1 or self.width_per_group != 64)),
             "ResNet-18/34 use basic blocks: model.backbone.groups must be 1 and width_per_group 64.",
@@ -134,6 +185,19 @@ class MaskHeadConfig(Section):
 
 
 @dataclass
+class KeypointHeadConfig(Section):
+    # Keypoints per instance (17 for COCO persons); the training data must have as many.
+    num_keypoints: PositiveInt = 17
+    # torchvision's keypoint head: 8 3x3 convs of 512 on 14x14 RoIAlign (sampling 2) features, then
+    # a stride-2 deconv and a x2 bilinear upsampling to 4 * pooler_resolution (56) heatmaps.
+    pooler_resolution: PositiveInt = 14
+    pooler_sampling_ratio: NonNegativeInt = 2
+    num_convs: PositiveInt = 8
+    conv_dim: PositiveInt = 512
+    loss_weight: NonNegativeFloat = 1.0
+
+
+@dataclass
 class RetinaNetConfig(Section):
     in_features: tuple[str, ...] = ("p3", "p4", "p5", "p6", "p7")
     anchors: AnchorConfig = field(
@@ -174,8 +238,43 @@ class FCOSConfig(Section):
 
 
 @dataclass
+class SSDConfig(Section):
+    """``model.ssd`` (arch 'ssd'): torchvision's SSD300-VGG16 values; the layout (extra layers and
+    heads: SSD300's or SSDlite's) follows model.backbone.name ('vgg16' or 'mobilenet_v3_large')."""
+
+    # Per feature map, the aspect ratios of its default boxes besides 1 (2 + 2 * len boxes per location).
+    aspect_ratios: tuple[tuple[PositiveFloat, ...], ...] = ((2.0,), (2.0, 3.0), (2.0, 3.0), (2.0, 3.0), (2.0,), (2.0,))
+    # Box scales relative to the image, one per map plus one; empty: evenly spaced from min_ratio to
+    # max_ratio, then 1.0 (SSDlite: 0.2 .. 0.95).
+    scales: tuple[PositiveFloat, ...] = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
+    min_ratio: Probability = 0.15
+    max_ratio: Probability = 0.9
+    # Per map the pixel step between box centres; empty: the image size over the map's size.
+    steps: tuple[PositiveInt, ...] = (8, 16, 32, 64, 100, 300)
+    clip_default_boxes: bool = True  # clip the relative box sizes to [0, 1]
+    iou_thresh: Probability = 0.5  # positives: IoU >= this with a ground truth (plus each one's best box)
+    neg_to_pos_ratio: PositiveFloat = 3.0  # hard negatives per positive in the classification loss
+    box_reg_weights: tuple[PositiveFloat, PositiveFloat, PositiveFloat, PositiveFloat] = (10.0, 10.0, 5.0, 5.0)
+    # eps and momentum of the BatchNorm layers of SSDlite's extra blocks and heads.
+    norm_eps: Annotated[float, Range(0, 1, low_open=True)] = 1e-3
+    norm_momentum: Annotated[float, Range(0, 1, low_open=True)] = 0.03
+    score_thresh: Probability = 0.01
+    topk_candidates: PositiveInt = 400  # per image and class, before NMS
+    nms_thresh: Probability = 0.45
+    detections_per_image: PositiveInt = 200
+
+    def validate(self) -> None:
+        _check(not self.scales or len(self.scales) == len(self.aspect_ratios) + 1,
+               f"model.ssd.scales has {len(self.scales)} values for {len(self.aspect_ratios)} maps; give one per map "
+               "plus one, or none (then min_ratio .. max_ratio).")
+        _check(not self.steps or len(self.steps) == len(self.aspect_ratios),
+               f"model.ssd.steps has {len(self.steps)} values for {len(self.aspect_ratios)} maps; give one per map or none.")
+        _check(self.scales or self.min_ratio < self.max_ratio, "model.ssd: need min_ratio < max_ratio.")
+
+
+@dataclass
 class ModelConfig(Section):
-    arch: Literal["rcnn", "retinanet", "fcos"] = "rcnn"
+    arch: Literal["rcnn", "retinanet", "fcos", "ssd"] = "rcnn"
     # Foreground classes; the only place this number is stated. 0: not given, training takes it from
     # data.train's categories (and the run's config.yaml and checkpoints hold the number it took).
     num_classes: NonNegativeInt = 0
@@ -192,14 +291,27 @@ class ModelConfig(Section):
     rpn: RPNConfig = field(default_factory=RPNConfig)
     box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    keypoint_on: bool = False
+    keypoint_head: KeypointHeadConfig = field(default_factory=KeypointHeadConfig)
     retinanet: RetinaNetConfig = field(default_factory=RetinaNetConfig)
     fcos: FCOSConfig = field(default_factory=FCOSConfig)
+    ssd: SSDConfig = field(default_factory=SSDConfig)
     # Checkpoint of the whole model (ours, or converted) loaded at build time; "" for none.
     weights: str = ""
 
     def validate(self) -> None:
         _check(not (self.mask_on and self.arch != "rcnn"), f"model.mask_on needs arch 'rcnn' (got '{self.arch}').")
         _check(self.layout == "fpn" or self.arch == "rcnn", "model.layout 'c4' exists only for arch 'rcnn'.")
+        # RetinaNet and FCOS build a ResNet trunk; the MobileNetV3 trunk is wired into R-CNN (FPN layout).
+        _check(self.backbone.name != "mobilenet_v3_large" or (self.arch == "rcnn" and self.layout == "fpn") or self.arch == "ssd",
+               f"model.backbone.name 'mobilenet_v3_large' needs arch 'rcnn' with layout 'fpn', or 'ssd' (got '{self.arch}', '{self.layout}').")
+        _check(self.arch != "ssd" or self.backbone.name in ("vgg16", "mobilenet_v3_large"),
+               f"model.arch 'ssd' builds on model.backbone.name 'vgg16' (SSD300) or 'mobilenet_v3_large' (SSDlite), "
+               f"not '{self.backbone.name}'.")
+        _check(self.backbone.name != "vgg16" or self.arch == "ssd",
+               f"model.backbone.name 'vgg16' serves model.arch 'ssd' only (got '{self.arch}').")
+        _check(not (self.keypoint_on and (self.arch != "rcnn" or self.layout != "fpn")),
+               f"model.keypoint_on needs arch 'rcnn' with layout 'fpn' (got '{self.arch}', '{self.layout}').")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,6 +432,9 @@ class TestConfig(Section):
     # Areas that put segm detections in the small/medium/large ranges: 'mask' (detectron2's
     # evaluator) or 'loadres' (pycocotools' loadRes: box areas, what `swiftdet coco-eval` gives).
     segm_area_from: Literal["mask", "loadres"] = "mask"
+    # Per-keypoint OKS sigmas of the keypoint AP; empty: COCO's 17 person sigmas (other keypoint
+    # layouts must give one per keypoint).
+    keypoint_oks_sigmas: tuple[PositiveFloat, ...] = ()
 
 
 @dataclass
@@ -331,6 +446,16 @@ class Config(Section):
     test: TestConfig = field(default_factory=TestConfig)
     seed: NonNegativeInt = 0
     output_dir: str = "output"
+
+    def validate(self) -> None:
+        sigmas, k = self.test.keypoint_oks_sigmas, self.model.keypoint_head.num_keypoints
+        # Checked here, not after hours of training when the keypoint AP is first computed.
+        _check(not (self.model.keypoint_on and sigmas and len(sigmas) != k),
+               f"test.keypoint_oks_sigmas has {len(sigmas)} values but model.keypoint_head.num_keypoints is {k}: "
+               "give one sigma per keypoint.")
+        _check(not (self.model.keypoint_on and self.data.test.json and not sigmas and k != 17),
+               f"model.keypoint_head.num_keypoints={k}: the keypoint AP needs test.keypoint_oks_sigmas, one OKS "
+               "sigma per keypoint (the default, COCO's person sigmas, has 17).")
 
 
 def _record_config_keys(cls: type, prefix: str = "") -> None:

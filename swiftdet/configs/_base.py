@@ -75,3 +75,46 @@ def rcnn_c4(*, mask: bool = False) -> Config:
     cfg.model.box_head.pooler_aligned = True
     cfg.model.mask_head.num_convs = 0
     return cfg
+
+
+def keypoint_rcnn_fpn(epochs_x: int) -> Config:
+    """torchvision's keypointrcnn_resnet50_fpn on COCO person keypoints: one class (person), the 17
+    keypoints, multi-scale training on shortest edges 640-800 (its default), a 1x or 3x schedule."""
+    cfg = schedule(rcnn_fpn(), epochs_x)
+    cfg.data.train.json = "datasets/coco/annotations/person_keypoints_train2017.json"
+    cfg.data.test.json = "datasets/coco/annotations/person_keypoints_val2017.json"
+    cfg.model.num_classes = 1
+    cfg.model.keypoint_on = True
+    cfg.input.min_size_train = (640, 672, 704, 736, 768, 800)
+    cfg.test.best_metric = "keypoints/AP"
+    return cfg
+
+
+def rcnn_mobilenet_v3_fpn(*, min_size: int = 800, max_size: int = 1333) -> Config:
+    """torchvision's fasterrcnn_mobilenet_v3_large_fpn: MobileNetV3-Large with FrozenBN (eps 1e-5) and its
+    first 3 of 6 stages frozen (trainable_backbone_layers=3), an FPN on blocks 13 and 16 (both stride 32)
+    plus a max-pooled level, 15 anchors (sizes 32..512 x 3 ratios) on each of the three levels, RPN
+    proposals scoring below 0.05 dropped, and its reference schedule (26 epochs, steps at 16 and 22).
+    Images are resized to ``min_size``/``max_size`` in training and at test time, as the model does."""
+    cfg = coco_detection(Config())
+    cfg.model.arch = "rcnn"
+    backbone = cfg.model.backbone
+    backbone.name = "mobilenet_v3_large"
+    backbone.norm = "FrozenBN"
+    backbone.freeze_at = 3
+    backbone.out_features = ("block13", "block16")
+    cfg.model.fpn.in_features = ("block13", "block16")
+    cfg.model.rpn.in_features = ("p5", "p5_2", "p6")
+    cfg.model.rpn.anchors.sizes = ((32.0, 64.0, 128.0, 256.0, 512.0),) * 3
+    cfg.model.rpn.score_thresh = 0.05
+    # torchvision pools from FPN outputs "0" and "1", both at stride 32: its level mapper sends every
+    # box to "0" (our p5), so pooling from p5 alone gives the same features.
+    cfg.model.box_head.in_features = ("p5",)
+    cfg.input.min_size_train = (min_size,)
+    cfg.input.max_size_train = max_size
+    cfg.input.min_size_test = min_size
+    cfg.input.max_size_test = max_size
+    # 26 epochs of COCO train2017 (~7330 iterations of 16 images each), lr x0.1 after epochs 16 and 22.
+    epoch = 7330
+    cfg.solver.max_iter, cfg.solver.steps = 26 * epoch, (16 * epoch, 22 * epoch)
+    return cfg

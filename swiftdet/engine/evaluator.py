@@ -98,19 +98,24 @@ def gather_results(local: dict[int, list[dict]]) -> list[dict]:
 
 
 def run_evaluations(gt: Any, results: list[dict], iou_types: Sequence[str], *,
-                    segm_area_from: str = SEGM_AREA_FROM) -> dict[str, CocoEvaluation]:
+                    segm_area_from: str = SEGM_AREA_FROM,
+                    kpt_sigmas: Sequence[float] | None = None) -> dict[str, CocoEvaluation]:
     """``{iou_type: CocoEvaluation}`` of ``results`` against ``gt``; ``segm`` ranges detections by
-    ``segm_area_from`` ("mask" or "loadres"), the others as pycocotools' loadRes does."""
+    ``segm_area_from`` ("mask" or "loadres"), the others as pycocotools' loadRes does. ``kpt_sigmas``:
+    the keypoints' OKS sigmas (None or empty: COCO's 17 person sigmas)."""
     return {iou_type: run_coco_evaluation(gt, results, iou_type,
-                                          area_from=segm_area_from if iou_type == "segm" else "loadres")
+                                          area_from=segm_area_from if iou_type == "segm" else "loadres",
+                                          kpt_sigmas=list(kpt_sigmas) if kpt_sigmas else None)
             for iou_type in iou_types}
 
 
 def evaluate_results(gt: Any, results: list[dict], iou_types: Sequence[str], *,
-                     segm_area_from: str = SEGM_AREA_FROM) -> dict[str, dict[str, float]]:
+                     segm_area_from: str = SEGM_AREA_FROM,
+                     kpt_sigmas: Sequence[float] | None = None) -> dict[str, dict[str, float]]:
     """``{iou_type: metrics}`` of ``results`` against ``gt`` (path/dict of the COCO json)."""
     return {iou_type: evaluation.metrics
-            for iou_type, evaluation in run_evaluations(gt, results, iou_types, segm_area_from=segm_area_from).items()}
+            for iou_type, evaluation in run_evaluations(gt, results, iou_types, segm_area_from=segm_area_from,
+                                                        kpt_sigmas=kpt_sigmas).items()}
 
 
 def evaluate_model(
@@ -122,6 +127,7 @@ def evaluate_model(
     mask_on: bool,
     prefix: str = "",
     segm_area_from: str = SEGM_AREA_FROM,
+    kpt_sigmas: Sequence[float] | None = None,
 ) -> dict[str, float | str]:
     """Run, gather and evaluate; returns flat metrics like ``{"bbox/AP": 0.41, "segm/AP": 0.37}``.
 
@@ -129,6 +135,7 @@ def evaluate_model(
     Each evaluated type also gets ``<iou_type>/area_from``, the (string) source of the detection
     areas of its small/medium/large numbers: "box", "mask" (``segm``, ``segm_area_from="mask"``),
     "keypoints" or "none" (no detections). ``prefix`` (e.g. ``"ema/"``) goes in front of every name.
+    ``kpt_sigmas``: the OKS sigmas of the keypoint AP (``test.keypoint_oks_sigmas``; None: COCO's).
     Rank 0 prints the tables, each followed by where its areas came from; every rank returns the
     same metrics.
     """
@@ -141,7 +148,8 @@ def evaluate_model(
         if any("keypoints" in r for r in results):
             iou_types.append("keypoints")
         num_images = len({r["image_id"] for r in results})
-        for iou_type, evaluation in run_evaluations(gt, results, iou_types, segm_area_from=segm_area_from).items():
+        for iou_type, evaluation in run_evaluations(gt, results, iou_types, segm_area_from=segm_area_from,
+                                                    kpt_sigmas=kpt_sigmas).items():
             values = evaluation.metrics
             logger.info(format_metrics(values, title=f"{prefix}{iou_type} ({num_images} images with detections)"))
             logger.info(f"{prefix}{iou_type} {evaluation.area_note()}")

@@ -84,6 +84,15 @@ def _check_classes(cfg: Config, meta: Any, field: str) -> None:
             f"{meta.num_classes} categories ({', '.join(meta.class_names[:6])}{', ...' if meta.num_classes > 6 else ''}). "
             f"Set model.num_classes={meta.num_classes}."
         )
+    wanted = cfg.model.keypoint_head.num_keypoints
+    if cfg.model.keypoint_on and meta.num_keypoints != wanted:
+        # Said before training starts, not at the first iteration or the first evaluation.
+        have = f"{meta.num_keypoints} keypoints per instance" if meta.num_keypoints else "no keypoints (its categories list none)"
+        raise ConfigError(
+            f"model.keypoint_on with model.keypoint_head.num_keypoints={wanted}, but the dataset of {field} "
+            f"({meta.name}) has {have}. Use a dataset with keypoints (e.g. COCO person_keypoints_*.json), set "
+            f"model.keypoint_head.num_keypoints, or set model.keypoint_on=false."
+        )
 
 
 def _load_test_set(cfg: Config, verbose: bool):
@@ -102,7 +111,7 @@ def _make_evaluate(cfg: Config, test_set: Any):
 
     def evaluate(model: nn.Module, prefix: str) -> dict[str, float]:
         return evaluate_model(model, loader, cfg.data.test.json, category_ids, mask_on=cfg.model.mask_on, prefix=prefix,
-                              segm_area_from=cfg.test.segm_area_from)
+                              segm_area_from=cfg.test.segm_area_from, kpt_sigmas=cfg.test.keypoint_oks_sigmas)
 
     return evaluate
 

@@ -29,4 +29,8 @@ def build_model(cfg: ModelConfig, *, size_divisibility: int = 32) -> nn.Module:
         from swiftdet.model.fcos import build_fcos
 
         return build_fcos(cfg, size_divisibility)
+    if cfg.arch == "ssd":
+        from swiftdet.model.ssd import build_ssd
+
+        return build_ssd(cfg, size_divisibility)
     raise ValueError(f"unknown model.arch {cfg.arch!r}")

@@ -15,6 +15,7 @@ Raw detections (``core``'s output), for a batch of B images holding N detections
     labels          (N,) int64 in [0, num_classes)
     num_detections  (B,) int64; detections are grouped by image, each image's by decreasing score
     mask_probs      (N, M, M) float32 mask probabilities of the detected class (mask models only)
+    keypoints       (N, K, 3) float32 x, y (padded batch's pixels) and score of each keypoint (keypoint models only)
 
 Subclasses provide ``core`` and ``losses`` and expose ``score_thresh`` (read and set by the
 predictor) and ``num_classes``; the rest lives here once, so every architecture normalises, pads,
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from swiftdet.config.schema import ModelConfig
 from swiftdet.errors import InputError
 from swiftdet.model.postprocess import postprocess_instances
-from swiftdet.structures import Boxes, ImageList, Instances
+from swiftdet.structures import Boxes, ImageList, Instances, Keypoints
 
 __all__ = ["Detector", "check_targets", "shell_settings", "unpack_detections"]
 
@@ -47,9 +48,11 @@ def shell_settings(cfg: ModelConfig, size_divisibility: int = 32) -> dict:
     )
 
 
-def check_targets(targets: Sequence[Instances] | None, num_images: int, num_classes: int, *, needs_masks: bool = False) -> list[Instances]:
+def check_targets(targets: Sequence[Instances] | None, num_images: int, num_classes: int, *, needs_masks: bool = False,
+                  num_keypoints: int = 0) -> list[Instances]:
     """Training targets: one Instances per image, with labels in [0, num_classes) and boxes of
-    positive width and height (and masks when ``needs_masks``)."""
+    positive width and height (and masks when ``needs_masks``, ``num_keypoints`` keypoints per
+    instance when it is > 0)."""
     if targets is None or len(targets) != num_images:
         got = "no targets" if targets is None else f"{len(targets)} targets"
         raise InputError(f"Training needs one target Instances per image: got {got} for {num_images} images.")
@@ -59,6 +62,13 @@ def check_targets(targets: Sequence[Instances] | None, num_images: int, num_clas
         if needs_masks and t.masks is None:
             raise InputError("Mask R-CNN training needs masks (Instances.masks) in every target; "
                              "set model.mask_on=false to train boxes only.")
+        if num_keypoints and len(t) and t.keypoints is None:
+            raise InputError("Keypoint R-CNN training needs keypoints (Instances.keypoints) in every target, but the "
+                             "training data has none: train on a dataset whose categories list keypoints (e.g. COCO "
+                             "person_keypoints_*.json), or set model.keypoint_on=false.")
+        if num_keypoints and t.keypoints is not None and t.keypoints.tensor.shape[1] != num_keypoints:
+            raise InputError(f"The training targets have {t.keypoints.tensor.shape[1]} keypoints per instance but "
+                             f"model.keypoint_head.num_keypoints is {num_keypoints}: set it to the dataset's count.")
         if len(t) == 0:
             continue
         lo, hi = int(t.labels.min()), int(t.labels.max())
@@ -78,16 +88,21 @@ def check_targets(targets: Sequence[Instances] | None, num_images: int, num_clas
 
 
 def unpack_detections(raw: dict[str, Tensor], image_sizes: Sequence[tuple[int, int]]) -> list[Instances]:
-    """Raw detections (see the module docstring) -> one Instances per image (``mask_probs`` kept)."""
+    """Raw detections (see the module docstring) -> one Instances per image (``mask_probs`` and
+    ``keypoints`` kept)."""
     counts = raw["num_detections"].tolist()
     fields = {"boxes": raw["boxes"], "scores": raw["scores"], "labels": raw["labels"]}
     if "mask_probs" in raw:
         fields["mask_probs"] = raw["mask_probs"]
+    if "keypoints" in raw:
+        fields["keypoints"] = raw["keypoints"]
     split = {k: v.split(counts) for k, v in fields.items()}
     out = []
     for i, size in enumerate(image_sizes):
         per_image = {k: v[i] for k, v in split.items()}
         per_image["boxes"] = Boxes(per_image["boxes"])
+        if "keypoints" in per_image:
+            per_image["keypoints"] = Keypoints(per_image["keypoints"])
         out.append(Instances(tuple(int(s) for s in size), **per_image))
     return out
 
@@ -180,7 +195,8 @@ class Detector(nn.Module, ABC):
 
     def forward(self, images: ImageList, targets: Sequence[Instances] | None = None):
         """Training: dict of scalar losses. Eval: per-image Instances in the resized images'
-        coordinates (boxes, scores, labels, and ``mask_probs`` for mask models)."""
+        coordinates (boxes, scores, labels, ``mask_probs`` for mask models, ``keypoints`` for
+        keypoint models)."""
         if self.training:
             targets = self.check_targets(targets, len(images))
             return self.losses(images, [t.to(self.device) for t in targets])

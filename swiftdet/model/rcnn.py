@@ -1,4 +1,4 @@
-"""Faster R-CNN and Mask R-CNN: backbone (+ FPN), RPN and RoI heads inside the detector shell.
+"""Faster, Mask and Keypoint R-CNN: backbone (+ FPN), RPN and RoI heads inside the detector shell.
 
 ``build_rcnn(cfg)`` assembles the model a ``ModelConfig`` describes, in either the FPN layout
 (torchvision's fasterrcnn/maskrcnn_resnet50_fpn, v1 and v2) or detectron2's C4 layout (RPN on
@@ -12,9 +12,10 @@ from torch import Tensor
 from swiftdet.config.schema import ModelConfig
 from swiftdet.errors import ConfigError
 from swiftdet.model.anchors import AnchorGenerator
-from swiftdet.model.backbone import FPN, ResNet, build_fpn, build_resnet, make_resnet_stage
+from swiftdet.model.backbone import FPN, MobileNetV3, ResNet, build_fpn, build_mobilenet_v3, build_resnet, make_resnet_stage
 from swiftdet.model.box_coder import BoxCoder
 from swiftdet.model.detector import Detector, check_targets, shell_settings
+from swiftdet.model.keypoint_head import KeypointHead
 from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
 from swiftdet.model.roi_heads import BoxHead, BoxPredictor, MaskHead, MultiScaleRoIPooler, Res5BoxHead, RoIHeads
 from swiftdet.model.rpn import RPN, RPNHead
@@ -34,7 +35,7 @@ class GeneralizedRCNN(Detector):
         **shell: the :class:`Detector` settings (normalisation, padding, mask threshold).
     """
 
-    def __init__(self, *, backbone: ResNet, fpn: FPN | None, rpn: RPN, roi_heads: RoIHeads, **shell):
+    def __init__(self, *, backbone: ResNet | MobileNetV3, fpn: FPN | None, rpn: RPN, roi_heads: RoIHeads, **shell):
         super().__init__(num_classes=roi_heads.num_classes, **shell)
         self.backbone = backbone
         self.fpn = fpn
@@ -67,7 +68,9 @@ class GeneralizedRCNN(Detector):
         return {**rpn_losses, **self.roi_heads(features, proposals, sizes, targets)}
 
     def check_targets(self, targets, num_images: int) -> list[Instances]:
-        return check_targets(targets, num_images, self.num_classes, needs_masks=self.roi_heads.mask_on)
+        keypoints = self.roi_heads.keypoint_head.num_keypoints if self.roi_heads.keypoint_on else 0
+        return check_targets(targets, num_images, self.num_classes, needs_masks=self.roi_heads.mask_on,
+                             num_keypoints=keypoints)
 
 
 def _check(cond: bool, message: str) -> None:
@@ -76,11 +79,17 @@ def _check(cond: bool, message: str) -> None:
 
 
 def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN:
-    """Faster R-CNN (or Mask R-CNN when ``cfg.mask_on``) described by ``cfg``, randomly initialised;
-    its batches are padded to multiples of ``size_divisibility`` (``input.size_divisibility``)."""
+    """Faster R-CNN (Mask R-CNN when ``cfg.mask_on``, Keypoint R-CNN when ``cfg.keypoint_on``, or both)
+    described by ``cfg``, randomly initialised; its batches are padded to multiples of
+    ``size_divisibility`` (``input.size_divisibility``)."""
     cfg.validate()
     k = cfg.num_classes
-    backbone = build_resnet(cfg.backbone)
+    if cfg.backbone.name == "mobilenet_v3_large":
+        # torchvision's fasterrcnn_mobilenet_v3_large(_320)_fpn: FPN on the last two stages.
+        _check(cfg.layout == "fpn", "model.layout 'c4' runs ResNet's res5 as the RoI head: it needs model.backbone.name 'resnet'.")
+        backbone = build_mobilenet_v3(cfg.backbone)
+    else:
+        backbone = build_resnet(cfg.backbone)
     fpn = None
     if cfg.layout == "fpn":
         missing = [f for f in cfg.fpn.in_features if f not in cfg.backbone.out_features]
@@ -124,6 +133,7 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
     strides = [shapes[f][1] for f in bh.in_features]
     box_pooler = MultiScaleRoIPooler(bh.in_features, strides, bh.pooler_resolution, bh.pooler_sampling_ratio, bh.pooler_aligned)
     mask_pooler, mask_head = None, None
+    keypoint_pooler, keypoint_head = None, None
     if cfg.layout == "fpn":
         if bh.head == "2fc":
             box_head = BoxHead(in_channels, bh.pooler_resolution, 0, bh.conv_dim, 2, bh.fc_dim, bh.norm)
@@ -133,6 +143,11 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
             mh = cfg.mask_head
             mask_pooler = MultiScaleRoIPooler(bh.in_features, strides, mh.pooler_resolution, mh.pooler_sampling_ratio, bh.pooler_aligned)
             mask_head = MaskHead(in_channels, mh.num_convs, mh.conv_dim, k, mh.norm)
+        if cfg.keypoint_on:
+            kh = cfg.keypoint_head
+            keypoint_pooler = MultiScaleRoIPooler(bh.in_features, strides, kh.pooler_resolution, kh.pooler_sampling_ratio,
+                                                  bh.pooler_aligned)
+            keypoint_head = KeypointHead(in_channels, kh.num_convs, kh.conv_dim, kh.num_keypoints)
     else:
         _check(cfg.backbone.out_features == ("res4",) or "res5" not in cfg.backbone.out_features,
                "The C4 layout runs res5 in the RoI head: model.backbone.out_features must stop at res4.")
@@ -156,6 +171,9 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
         mask_pooler=mask_pooler,
         mask_head=mask_head,
         mask_from_box_head=cfg.layout == "c4",
+        keypoint_pooler=keypoint_pooler,
+        keypoint_head=keypoint_head,
+        keypoint_loss_weight=cfg.keypoint_head.loss_weight,
     )
     return GeneralizedRCNN(
         backbone=backbone, fpn=fpn, rpn=rpn, roi_heads=roi_heads, **shell_settings(cfg, size_divisibility)

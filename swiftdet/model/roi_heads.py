@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from torchvision.ops import box_iou, roi_align
 
 from swiftdet.model.box_coder import BoxCoder, clip_boxes
+from swiftdet.model.keypoint_head import KeypointHead, heatmaps_to_keypoints, keypoint_loss
 from swiftdet.model.layers import ConvNormAct
 from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
 from swiftdet.model.nms import per_image_nms
@@ -168,7 +169,7 @@ class MaskHead(nn.Module):
 
 
 class RoIHeads(nn.Module):
-    """Box (and optionally mask) heads on the RPN's proposals.
+    """Box (and optionally mask and keypoint) heads on the RPN's proposals.
 
     With ``mask_from_box_head`` (C4 layout) the mask head reads the res5 maps of the box head
     instead of pooling its own features.
@@ -190,6 +191,9 @@ class RoIHeads(nn.Module):
         mask_pooler: MultiScaleRoIPooler | None = None,
         mask_head: MaskHead | None = None,
         mask_from_box_head: bool = False,
+        keypoint_pooler: MultiScaleRoIPooler | None = None,
+        keypoint_head: KeypointHead | None = None,
+        keypoint_loss_weight: float = 1.0,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -206,10 +210,17 @@ class RoIHeads(nn.Module):
         self.mask_pooler = mask_pooler
         self.mask_head = mask_head
         self.mask_from_box_head = mask_from_box_head
+        self.keypoint_pooler = keypoint_pooler
+        self.keypoint_head = keypoint_head
+        self.keypoint_loss_weight = keypoint_loss_weight
 
     @property
     def mask_on(self) -> bool:
         return self.mask_head is not None
+
+    @property
+    def keypoint_on(self) -> bool:
+        return self.keypoint_head is not None
 
     def forward(
         self,
@@ -219,7 +230,8 @@ class RoIHeads(nn.Module):
         targets: list[Instances] | None = None,
     ) -> dict[str, Tensor]:
         """Training: the scalar losses. Eval: raw detections (see swiftdet.model.detector): boxes,
-        scores, 0-based labels, num_detections, and mask_probs (N, M, M) with a mask head.
+        scores, 0-based labels, num_detections, mask_probs (N, M, M) with a mask head, and
+        keypoints (N, K, 3) x, y, score with a keypoint head.
 
         Args:
             proposals: per image (P_i, 4) boxes; image_sizes: (B, 2) int64 (height, width).
@@ -285,7 +297,32 @@ class RoIHeads(nn.Module):
         losses = {"loss_cls": loss_cls, "loss_box": loss_box}
         if self.mask_on:
             losses["loss_mask"] = self._mask_loss(features, props, labels, matched, targets, res5_maps if self.mask_from_box_head else None)
+        if self.keypoint_on:
+            losses["loss_keypoint"] = self._keypoint_loss(features, props, labels, matched, targets) * self.keypoint_loss_weight
         return losses
+
+    def _keypoint_loss(
+        self,
+        features: dict[str, Tensor],
+        props: list[Tensor],
+        labels: list[Tensor],
+        matched: list[Tensor],
+        targets: list[Instances],
+    ) -> Tensor:
+        """Heatmap cross entropy of the positive proposals against their matched ground truth."""
+        pos_props, gt = [], []
+        for p, lab, m, t in zip(props, labels, matched, targets):
+            pos = torch.nonzero(lab > 0).squeeze(1)
+            pos_props.append(p[pos])
+            if pos.numel() == 0:
+                continue  # an image without objects (data.filter_empty=false) needs no keypoints
+            if t.keypoints is None:
+                raise ValueError("Keypoint R-CNN training needs Instances.keypoints in every target")
+            gt.append(t.keypoints.tensor.to(p.device)[m[pos]])
+        logits = self.keypoint_head(self.keypoint_pooler(features, pos_props))
+        k = self.keypoint_head.num_keypoints
+        gt_all = torch.cat(gt) if gt else logits.new_zeros((0, k, 3))
+        return keypoint_loss(logits, torch.cat(pos_props), gt_all)
 
     def _mask_loss(
         self,
@@ -350,6 +387,11 @@ class RoIHeads(nn.Module):
         raw = {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep] - 1, "num_detections": counts}
         if self.mask_on:
             raw["mask_probs"] = self._mask_probs(features, torch.cat([image_idx[keep, None].to(boxes.dtype), raw["boxes"]], 1), labels[keep])
+        if self.keypoint_on:
+            # As torchvision: the keypoints of the final (clipped) boxes, not of their proposals.
+            det_rois = torch.cat([image_idx[keep, None].to(boxes.dtype), raw["boxes"]], 1)
+            maps = self.keypoint_head(self.keypoint_pooler.pool(features, det_rois))
+            raw["keypoints"] = heatmaps_to_keypoints(maps, raw["boxes"])
         return raw
 
     def _mask_probs(self, features: dict[str, Tensor], rois: Tensor, slots: Tensor) -> Tensor:

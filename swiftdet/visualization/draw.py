@@ -18,6 +18,13 @@ from PIL import Image, ImageDraw, ImageFont
 from swiftdet.errors import InputError
 from swiftdet.structures import CroppedMasks
 
+# COCO's person skeleton (the 1-based pairs of its person_keypoints json, here 0-based), for 17-keypoint
+# models whose weights carry no skeleton of their own (converted torchvision keypointrcnn files).
+COCO_PERSON_SKELETON: tuple[tuple[int, int], ...] = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9), (8, 10),
+    (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)
+
 # Golden-ratio hue steps give neighbouring indices clearly different colours, forever.
 _GOLDEN_RATIO = 0.618033988749895
 

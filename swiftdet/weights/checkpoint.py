@@ -324,9 +324,10 @@ def load_checkpoint(model: nn.Module, path_or_url: str | os.PathLike, *, model_c
 
 
 def load_backbone_imagenet(model: nn.Module, path_or_url: str | os.PathLike, *, sha256: str | None = None) -> LoadReport:
-    """Initialise ``model.backbone`` from a torchvision ImageNet ResNet/ResNeXt checkpoint.
+    """Initialise ``model.backbone`` from a torchvision ImageNet ResNet/ResNeXt or MobileNetV3-Large checkpoint.
 
-    The file's keys are mapped with the backbone's ``resnet_state_dict_from_torchvision``; in the
+    The file's keys are mapped with the backbone's ``resnet_state_dict_from_torchvision`` (or
+    ``mobilenet_v3_state_dict_from_torchvision`` when the backbone is a MobileNetV3); in the
     C4 layout, whose res5 stage lives in the box head (``roi_heads.box_head.res5``), ``layer4.*``
     goes there. Only backbone tensors are considered: the report's ``missing`` lists backbone
     (and res5) tensors the file lacks, ``unexpected`` file tensors that found no place.
@@ -334,12 +335,19 @@ def load_backbone_imagenet(model: nn.Module, path_or_url: str | os.PathLike, *, 
     Raises:
         WeightsError: unreadable file, or a file that is not a ResNet of this depth/width.
     """
+    from swiftdet.model.backbone.mobilenet import MobileNetV3, mobilenet_v3_state_dict_from_torchvision
     from swiftdet.model.backbone.resnet import resnet_state_dict_from_torchvision
+    from swiftdet.model.backbone.vgg import VGG16, vgg16_state_dict_from_torchvision
 
     source = os.fspath(path_or_url)
     obj = read_weights_file(source, sha256=sha256)
     state_dict, _, _ = extract_state_dict(obj, source)
-    mapped = resnet_state_dict_from_torchvision(state_dict)
+    if isinstance(getattr(model, "backbone", None), MobileNetV3):
+        mapped = mobilenet_v3_state_dict_from_torchvision(state_dict)
+    elif isinstance(getattr(model, "backbone", None), VGG16):  # SSD300: torchvision's vgg16 classifier file
+        mapped = vgg16_state_dict_from_torchvision(state_dict)
+    else:
+        mapped = resnet_state_dict_from_torchvision(state_dict)
     own = model.state_dict()
     target: dict[str, Tensor] = {}
     for key, value in mapped.items():

@@ -23,3 +23,10 @@ COCO_CLASS_NAMES: tuple[str, ...] = (
 )
 
 assert len(COCO_CATEGORY_IDS) == len(COCO_CLASS_NAMES) == 80
+
+# The 17 keypoints of COCO's person category, in the order of person_keypoints_*.json.
+COCO_PERSON_KEYPOINT_NAMES: tuple[str, ...] = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+    "right_ankle",
+)

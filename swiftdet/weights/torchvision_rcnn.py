@@ -1,4 +1,4 @@
-"""Convert torchvision's Faster/Mask R-CNN checkpoints (v1 and v2) into swiftdet's R-CNN.
+"""Convert torchvision's Faster/Mask R-CNN checkpoints (v1 and v2) and Keypoint R-CNN into swiftdet's R-CNN.
 
 Key names map by a short rename table; the class-dependent rows of the box and mask predictors
 are selected when a 91-way torchvision COCO head (index = COCO category id, 0 = background) meets
@@ -12,6 +12,7 @@ import torch
 
 from swiftdet.config.schema import ModelConfig
 from swiftdet.errors import WeightsError
+from swiftdet.model.backbone.mobilenet import mobilenet_v3_state_dict_from_torchvision
 from swiftdet.model.backbone.resnet import resnet_state_dict_from_torchvision
 from swiftdet.weights.coco_classes import COCO_CATEGORY_IDS
 
@@ -71,6 +72,10 @@ _RCNN_RULES = [
     (re.compile(r"^roi_heads\.mask_head\.(\d+)\.1\."), r"roi_heads.mask_head.convs.\1.norm."),
     (re.compile(r"^roi_heads\.mask_predictor\.conv5_mask\."), "roi_heads.mask_head.deconv."),
     (re.compile(r"^roi_heads\.mask_predictor\.mask_fcn_logits\."), "roi_heads.mask_head.predictor."),
+    # keypointrcnn: KeypointRCNNHeads is a Sequential of (conv, ReLU) pairs, so conv i sits at index 2i.
+    (re.compile(r"^roi_heads\.keypoint_head\.(\d+)\.(weight|bias)$"),
+     lambda m: f"roi_heads.keypoint_head.convs.{int(m.group(1)) // 2}.conv.{m.group(2)}"),
+    (re.compile(r"^roi_heads\.keypoint_predictor\.kps_score_lowres\."), "roi_heads.keypoint_head.score_lowres."),
 ]
 # Releases before torchvision 0.13 named the v1 mask head convs mask_fcn1..4.
 _OLD_MASK_FCN = re.compile(r"^roi_heads\.mask_head\.mask_fcn(\d)\.")
@@ -110,7 +115,7 @@ def _class_slots(tv_slots: int, num_classes: int, source: str) -> torch.Tensor:
 
 
 def convert_rcnn_state_dict(tv_state_dict: dict, cfg: ModelConfig, source: str = "") -> dict:
-    """A torchvision Faster/Mask R-CNN (R50-FPN v1 or v2) state_dict as a swiftdet R-CNN state_dict.
+    """A torchvision Faster/Mask R-CNN (R50-FPN v1 or v2, MobileNetV3-Large FPN) state_dict as a swiftdet R-CNN state_dict.
 
     Args:
         tv_state_dict: e.g. ``torch.load("maskrcnn_resnet50_fpn_coco-*.pth")``.
@@ -131,6 +136,11 @@ def convert_rcnn_state_dict(tv_state_dict: dict, cfg: ModelConfig, source: str =
             "or a fasterrcnn_*/maskrcnn_* file from torchvision."
         )
     converted = {}
+    if cfg.backbone.name == "mobilenet_v3_large":
+        # fasterrcnn_mobilenet_v3_large(_320)_fpn: the trunk's units are renamed by the backbone's own map.
+        body = mobilenet_v3_state_dict_from_torchvision(tv_state_dict, prefix="backbone.body.")
+        converted.update({f"backbone.{k}": v for k, v in body.items()})
+        tv_state_dict = {k: v for k, v in tv_state_dict.items() if not k.startswith("backbone.body.")}
     unknown = []
     for key, value in tv_state_dict.items():
         new = _rename_rcnn_key(key)
@@ -184,9 +194,16 @@ def _mismatch_hint(missing: list[str], extra: list[str], cfg: ModelConfig) -> st
     if any(".norm." in k and ("fpn." in k or "box_head" in k) for k in both) or any("box_head.convs" in k for k in both):
         return ("This looks like a v1 checkpoint for a v2 config or the reverse: use faster_rcnn_R_50_FPN_v2/"
                 "mask_rcnn_R_50_FPN_v2 for *_v2 files and the R_50_FPN configs for v1 files.")
+    if any("keypoint_head" in k for k in both):
+        return ("The keypoint head is present in one but not the other, or has another size: keypointrcnn_* files "
+                "need model.keypoint_on=true (e.g. --config keypoint_rcnn_R_50_FPN_1x); others keypoint_on=false.")
     if any("mask_head" in k for k in both):
         return ("The mask head is present in one but not the other: set model.mask_on to match the file "
                 "(maskrcnn_* files need mask_on=true).")
+    # ours (backbone.features.*) or torchvision's MobileNet body unconverted (backbone.<index>.*)
+    if any(k.startswith("backbone.features.") or re.match(r"backbone\.\d+\.", k) for k in both):
+        return ("The backbone differs: fasterrcnn_mobilenet_v3_large(_320)_fpn files need model.backbone.name="
+                "mobilenet_v3_large (faster_rcnn_MV3_FPN, faster_rcnn_MV3_FPN_320); ResNet files need 'resnet'.")
     if any(k.startswith("backbone.layer") for k in both):
         return "The backbone depth differs: check model.backbone.depth."
     return "Check that the file and the config describe the same architecture."

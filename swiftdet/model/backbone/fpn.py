@@ -2,7 +2,9 @@
 
 Semantics follow torchvision's ``FeaturePyramidNetwork``: a 1x1 lateral conv per input level and a
 3x3 output conv per level, top-down merge by nearest upsampling to the exact lateral size, then an
-optional top block adding coarser levels. Outputs are named "p<k>" for stride 2**k.
+optional top block adding coarser levels. Outputs are named "p<k>" for stride 2**k; a further input
+level at a stride already taken is "p<k>_2", "p<k>_3".. (MobileNetV3's two last stages are both at
+stride 32: outputs p5, p5_2 and the pooled p6, torchvision's "0", "1", "pool").
 """
 from __future__ import annotations
 
@@ -84,12 +86,17 @@ class FPN(nn.Module):
             self.top_block = None
         else:
             raise ValueError(f"unknown FPN top_block {top_block!r}")
-        self.out_features = tuple(f"p{k}" for k in levels)
+        names: list[str] = []
+        for k in levels:
+            repeat = sum(1 for j in levels[: len(names)] if j == k)
+            names.append(f"p{k}" if repeat == 0 else f"p{k}_{repeat + 1}")
+        self.out_features = tuple(names)
+        self._strides = {name: 2**k for name, k in zip(names, levels)}
         self.out_channels = out_channels
 
     def output_shape(self) -> dict[str, tuple[int, int]]:
         """{output name: (channels, stride)}."""
-        return {name: (self.out_channels, 2 ** int(name[1:])) for name in self.out_features}
+        return {name: (self.out_channels, self._strides[name]) for name in self.out_features}
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         """{"p<k>": (B, out_channels, H_k, W_k)} from the bottom-up features, finest first."""

@@ -225,3 +225,42 @@ def test_converter_rejects_mismatched_checkpoints():
     with pytest.raises(WeightsError, match="missing") as info:
         convert_rcnn_state_dict(partial, cfg_v1)
     assert "backbone.layer4" in str(info.value)
+
+
+def test_converted_legacy_coco_file_runs_with_frozen_bn_eps_0(tmp_path, capsys):
+    """torchvision loads its v1 COCO files with FrozenBN eps 0 (overwrite_eps); `swiftdet convert`
+    gives such a file the same eps, and a model at the default 1e-5 would not match it."""
+    from torchvision.models.detection._utils import overwrite_eps
+
+    from swiftdet.cli.main import main
+    from swiftdet.inference import Predictor
+
+    torch.manual_seed(0)
+    tv = torchvision_model("faster_v1")
+    with torch.no_grad():  # channels of tiny variance, as trained networks have: there eps matters
+        for m in tv.backbone.body.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.running_var[::8] = 2e-5
+                m.weight[::8] *= math.sqrt(2e-5)
+    overwrite_eps(tv, 0.0)
+    source = tmp_path / "fasterrcnn_legacy.pth"
+    torch.save(tv.state_dict(), source)
+    settings = [f"model.num_classes={NUM_CLASSES}", "model.box_head.score_thresh=0.01", "model.rpn.post_nms_topk_test=50",
+                "model.box_head.detections_per_image=10", f"input.min_size_test={MIN_SIZE}"]
+    converted = tmp_path / "converted.pth"
+    assert main(["convert", "torchvision", str(source), str(converted), *settings, "--config", "faster_rcnn_R_50_FPN_1x"]) == 0
+    assert "FrozenBN eps 0" in capsys.readouterr().out
+    g = torch.Generator().manual_seed(3)
+    images = [torch.rand(3, MIN_SIZE, 320, generator=g) * 255]
+    with torch.no_grad():
+        [expected] = tv([im / 255 for im in images])
+    predictor = Predictor.from_config("faster_rcnn_R_50_FPN_1x", weights=str(converted), overrides=settings, fast=False)
+    assert predictor.cfg.model.backbone.norm_eps == 0.0
+    [got] = predictor([im.permute(1, 2, 0).numpy() for im in images])
+    assert_same_detections(expected, got, atol=1e-3)
+    # The same weights at eps 1e-5 are another model: the eps is what makes the detections equal.
+    at_default = Predictor.from_config("faster_rcnn_R_50_FPN_1x", weights=str(converted),
+                                       overrides=[*settings, "model.backbone.norm_eps=1e-5"], fast=False)
+    [other] = at_default([im.permute(1, 2, 0).numpy() for im in images])
+    differs = len(other) != len(got) or not torch.allclose(other.scores, got.scores, atol=1e-3, rtol=0)
+    assert differs

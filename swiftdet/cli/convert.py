@@ -79,10 +79,25 @@ def convert_torchvision(input_path: str, output_path: str, cfg, *, allow_pickle:
     return meta
 
 
+def torchvision_norm_eps(cfg) -> float | None:
+    """The FrozenBN eps torchvision runs a file of ``cfg``'s architecture with, where it is not the
+    default: 0 for its v1 ResNet-50-FPN Faster / Mask / Keypoint R-CNN and RetinaNet, whose COCO
+    files it loads with ``overwrite_eps(model, 0.0)`` (v2, FCOS, MobileNet and SSD keep 1e-5)."""
+    b = cfg.model.backbone
+    if cfg.model.arch in ("rcnn", "retinanet") and b.name == "resnet" and b.norm == "FrozenBN":
+        return 0.0
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from swiftdet.config.core import load_config
 
     cfg = load_config(args.config, args.overrides)
+    eps = torchvision_norm_eps(cfg)
+    if eps is not None and not any(o.split("=", 1)[0] == "model.backbone.norm_eps" for o in args.overrides):
+        cfg.model.backbone.norm_eps = eps
+        print(f"FrozenBN eps {eps:g}, as torchvision runs its COCO files of this architecture (for a model you "
+              f"trained in torchvision from ImageNet weights give model.backbone.norm_eps=1e-5).")
     meta = convert_torchvision(args.input, args.output, cfg, allow_pickle=args.allow_pickle)
     classes = "COCO class names and ids" if "class_names" in meta else "no class names (num_classes != 80)"
     print(f"Wrote {args.output}: {cfg.model.arch} weights for config '{args.config}', with {classes}.")

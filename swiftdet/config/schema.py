@@ -38,7 +38,7 @@ def _check(cond: bool, message: str) -> None:
 # Which fields of model.backbone belong to one network only: set (changed from the default) with
 # another model.backbone.name they would be silently unused, so validation refuses them.
 _RESNET_ONLY = ("depth", "groups", "width_per_group", "style")
-_MOBILENET_ONLY = ("reduced_tail", "dilated", "norm_eps", "norm_momentum")
+_MOBILENET_ONLY = ("reduced_tail", "dilated", "norm_momentum")
 
 
 @dataclass
@@ -46,7 +46,7 @@ class ResNetConfig(Section):
     """``model.backbone``: the bottom-up network (named ResNetConfig from when ResNet was the only one)."""
 
     # 'resnet': ResNet/ResNeXt (depth, groups, width_per_group, style); 'mobilenet_v3_large':
-    # torchvision's MobileNetV3-Large (reduced_tail, dilated, norm_eps, norm_momentum); 'vgg16': VGG-16
+    # torchvision's MobileNetV3-Large (reduced_tail, dilated, norm_momentum); 'vgg16': VGG-16
     # (arch 'ssd' only).
     name: Literal["resnet", "mobilenet_v3_large", "vgg16"] = "resnet"
     depth: Literal[18, 34, 50, 101, 152] = 50
@@ -70,9 +70,12 @@ class ResNetConfig(Section):
     # with dilation 2 instead of stride 32.
     reduced_tail: bool = False
     dilated: bool = False
-    # MobileNetV3 only: eps and momentum of its norm layers. torchvision's Faster R-CNN: 1e-5 and 0.1
-    # (FrozenBN / BN defaults); its ImageNet training and SSDlite use eps 1e-3.
-    norm_eps: Annotated[float, Range(0, 1, low_open=True)] = 1e-5
+    # eps of the backbone's BatchNorm / FrozenBN layers (default 1e-5). torchvision runs its legacy
+    # COCO files of fasterrcnn / maskrcnn / keypointrcnn / retinanet_resnet50_fpn (v1) with FrozenBN
+    # eps 0 (`swiftdet convert torchvision` sets 0 for those configs); MobileNetV3's ImageNet
+    # training and SSDlite use 1e-3.
+    norm_eps: Annotated[float, Range(0, 1)] = 1e-5
+    # MobileNetV3 only: momentum of its BatchNorm layers.
     norm_momentum: Annotated[float, Range(0, 1, low_open=True)] = 0.1
 
     def validate(self) -> None:
@@ -93,7 +96,11 @@ class ResNetConfig(Section):
                    "and block2_expand..block15_expand.")
         if self.name == "resnet":
             self._validate_resnet()
+        _check(self.norm_eps > 0 or self.norm == "FrozenBN",
+               f"model.backbone.norm_eps=0 needs norm FrozenBN (a trained {self.norm} divides by its batch variance).")
         if self.name == "vgg16":  # SSD300's VGG-16: stages conv1..conv5, freeze_at 0..5
+            _check(self.norm_eps == ResNetConfig().norm_eps, "model.backbone.norm_eps: VGG-16 has no norm layers; "
+                                                             "leave it at the default.")
             _check(self.freeze_at <= 5, f"model.backbone.freeze_at={self.freeze_at}: VGG-16 has 5 stages (0..5).")
             _check(self.norm == ResNetConfig().norm, f"model.backbone.norm '{self.norm}': VGG-16 has no norm layers; "
                                                      "leave it at the default.")

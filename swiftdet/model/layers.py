@@ -13,20 +13,21 @@ from swiftdet.errors import InputError
 __all__ = ["ConvNormAct", "FoldedNorm", "fuse_conv_bn", "fuse_for_inference", "get_norm", "is_fused"]
 
 
-def get_norm(name: str, channels: int) -> nn.Module | None:
+def get_norm(name: str, channels: int, eps: float = 1e-5) -> nn.Module | None:
     """The norm layer called ``name`` for ``channels`` channels, or None for "".
 
     "FrozenBN" is a BatchNorm whose statistics and affine parameters are fixed buffers (what
-    ImageNet-initialised detection backbones use); "GN" uses 32 groups.
+    ImageNet-initialised detection backbones use); "GN" uses 32 groups. ``eps`` is that of the
+    BatchNorm kinds (torchvision runs its legacy COCO detection weights with FrozenBN eps 0).
     """
     if name == "":
         return None
     if name == "FrozenBN":
-        return FrozenBatchNorm2d(channels)
+        return FrozenBatchNorm2d(channels, eps=eps)
     if name == "BN":
-        return nn.BatchNorm2d(channels)
+        return nn.BatchNorm2d(channels, eps=eps)
     if name == "SyncBN":
-        return nn.SyncBatchNorm(channels)
+        return nn.SyncBatchNorm(channels, eps=eps)
     if name == "GN":
         return nn.GroupNorm(32, channels)
     raise ValueError(f"unknown norm {name!r}; expected '', 'FrozenBN', 'BN', 'SyncBN' or 'GN'")

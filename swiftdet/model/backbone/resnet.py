@@ -25,11 +25,11 @@ _STAGE_NAMES = ("res2", "res3", "res4", "res5")
 _STRIDES = {"stem": 4, "res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 
-def _downsample(in_channels: int, out_channels: int, stride: int, norm: str) -> nn.Sequential | None:
+def _downsample(in_channels: int, out_channels: int, stride: int, norm: str, eps: float) -> nn.Sequential | None:
     if stride == 1 and in_channels == out_channels:
         return None
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), get_norm(norm, out_channels)
+        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), get_norm(norm, out_channels, eps)
     )
 
 
@@ -39,13 +39,13 @@ class BasicBlock(nn.Module):
     expansion = 1
     conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
-    def __init__(self, in_channels: int, planes: int, stride: int, norm: str, **_unused):
+    def __init__(self, in_channels: int, planes: int, stride: int, norm: str, norm_eps: float = 1e-5, **_unused):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = get_norm(norm, planes)
+        self.bn1 = get_norm(norm, planes, norm_eps)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = get_norm(norm, planes)
-        self.downsample = _downsample(in_channels, planes, stride, norm)
+        self.bn2 = get_norm(norm, planes, norm_eps)
+        self.downsample = _downsample(in_channels, planes, stride, norm, norm_eps)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -70,6 +70,7 @@ class Bottleneck(nn.Module):
         planes: int,
         stride: int,
         norm: str,
+        norm_eps: float = 1e-5,
         groups: int = 1,
         width_per_group: int = 64,
         stride_in_1x1: bool = False,
@@ -79,12 +80,12 @@ class Bottleneck(nn.Module):
         out_channels = planes * self.expansion
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = nn.Conv2d(in_channels, width, 1, stride=s1, bias=False)
-        self.bn1 = get_norm(norm, width)
+        self.bn1 = get_norm(norm, width, norm_eps)
         self.conv2 = nn.Conv2d(width, width, 3, stride=s3, padding=1, groups=groups, bias=False)
-        self.bn2 = get_norm(norm, width)
+        self.bn2 = get_norm(norm, width, norm_eps)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = get_norm(norm, out_channels)
-        self.downsample = _downsample(in_channels, out_channels, stride, norm)
+        self.bn3 = get_norm(norm, out_channels, norm_eps)
+        self.downsample = _downsample(in_channels, out_channels, stride, norm, norm_eps)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -123,6 +124,7 @@ def make_resnet_stage(cfg: ResNetConfig, stage: int) -> tuple[nn.Sequential, int
                 planes,
                 stride if i == 0 else 1,
                 norm,
+                norm_eps=cfg.norm_eps,
                 groups=cfg.groups,
                 width_per_group=cfg.width_per_group,
                 stride_in_1x1=cfg.style == "caffe",
@@ -154,7 +156,7 @@ class ResNet(nn.Module):
         super().__init__()
         self.out_features = tuple(cfg.out_features)
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = get_norm(_stage_norm(cfg, 1), 64)
+        self.bn1 = get_norm(_stage_norm(cfg, 1), 64, cfg.norm_eps)
         _init_and_freeze(self, frozen=cfg.freeze_at >= 1)
         deepest = max((_STAGE_NAMES.index(f) + 2 for f in self.out_features if f != "stem"), default=1)
         self._channels = {"stem": 64}

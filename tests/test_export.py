@@ -1,7 +1,8 @@
-"""Exported RetinaNet and FCOS (ONNX run by onnxruntime, and TorchScript) give the eager model's
-detections: batches of 1, 2 and 3 images of different sizes through one file with a dynamic batch
-and image size, an image without detections, the CLI's export -> predict --backend round trip, and
-clear errors for files and flags that do not fit (issue 12, first part: dense architectures)."""
+"""Exported RetinaNet, FCOS and SSDlite (ONNX run by onnxruntime, and TorchScript) give the eager
+model's detections: batches of 1, 2 and 3 images of different sizes through one file with a dynamic
+batch and image size (SSD: its fixed size), an image without detections, the CLI's export ->
+predict --backend round trip, and clear errors for files and flags that do not fit (issue 12,
+first part: the single-stage architectures)."""
 from __future__ import annotations
 
 import json
@@ -210,7 +211,7 @@ def test_clear_errors_for_what_does_not_fit(checkpoint, tmp_path, capsys):
     assert main(["export", "demo_mask_rcnn", "model.num_classes=2", "--output", str(tmp_path / "r.onnx")]) == 2
     assert "not supported yet" in capsys.readouterr().err
     cfg = load_config("demo_mask_rcnn", ["model.num_classes=2"])
-    with pytest.raises(ConfigError, match="exportable architectures are retinanet, fcos"):
+    with pytest.raises(ConfigError, match="exportable architectures are retinanet, fcos, ssd"):
         export_model(build_model(cfg.model), cfg, tmp_path / "r.onnx")
     assert not (tmp_path / "r.onnx").exists()
     # Weights that do not fit the config (a bare state_dict: no config of its own to adopt).
@@ -244,3 +245,26 @@ def test_clear_errors_for_what_does_not_fit(checkpoint, tmp_path, capsys):
         assert message in capsys.readouterr().err.replace("\n", " ")
     with pytest.raises(ConfigError, match="below the threshold"):
         load_exported_predictor(exported, score_thresh=0.1)
+
+
+def test_exported_ssdlite_matches_eager_at_its_fixed_size(tiny_coco, images, tmp_path):
+    """SSD resizes every image to input.fixed_size: the graph takes exactly that size (a dynamic
+    batch), whatever --image-size was asked."""
+    import copy
+
+    from test_ssd import _pair  # SSDlite320 with weights calibrated on real images
+
+    _, model, cfg = _pair("ssdlite320", tiny_coco, False)
+    cfg = copy.deepcopy(cfg)
+    scores = torch.cat([r.scores for r in Predictor.from_model(cfg, model, batch_size=4)(images)])
+    cfg.model.ssd.score_thresh = model.score_thresh = round(float(scores.quantile(0.9)), 3)
+    with pytest.raises(ConfigError, match="leave --image-size out"):
+        export_model(model, cfg, tmp_path / "bad.onnx", image_size=(640, 640))
+    export_model(model, cfg, tmp_path / "ssd.onnx")
+    assert read_export_info(tmp_path / "ssd.onnx")["image_size"] == "320x320"
+    eager = Predictor.from_model(cfg, model, batch_size=3)
+    exported = load_exported_predictor(tmp_path / "ssd.onnx", batch_size=3)
+    for chunk in (images[:1], images[1:4]):
+        expected = eager(chunk)
+        assert sum(len(r) for r in expected) > 0
+        _assert_same(expected, exported(chunk), _scales(eager, chunk))

@@ -29,7 +29,7 @@ __all__ = ["EXPORT_FORMAT", "EXPORTABLE_ARCHS", "check_exportable", "export_mode
 EXPORT_FORMAT = "swiftdet-export/1"
 #: Architectures whose core exports today. R-CNN's proposals are still handled image by image in
 #: Python (a trace would fix the batch size), so it is refused until that is batched.
-EXPORTABLE_ARCHS = ("retinanet", "fcos")
+EXPORTABLE_ARCHS = ("retinanet", "fcos", "ssd")
 FORMATS = ("onnx", "torchscript")
 
 
@@ -91,6 +91,16 @@ def export_model(
         raise ConfigError(f"--opset {opset} is too old: swiftdet exports at opset 17 or newer.")
     if batch is not None and batch < 1:
         raise ConfigError(f"--batch must be 'dynamic' or a positive number, got {batch}.")
+    if cfg.input.resize == "fixed":
+        # Every image is resized to fixed_size (SSD), whose default boxes are laid out for it: the
+        # graph takes exactly that padded size.
+        d = cfg.input.size_divisibility
+        fixed = tuple((s + d - 1) // d * d for s in cfg.input.fixed_size)
+        if image_size is not None and tuple(image_size) != fixed:
+            raise ConfigError(f"--image-size {image_size[0]}x{image_size[1]}: this model resizes every image to "
+                              f"input.fixed_size {list(cfg.input.fixed_size)}, so its input is {fixed[0]}x{fixed[1]}; "
+                              "leave --image-size out.")
+        image_size = fixed
     if image_size is not None:
         d = cfg.input.size_divisibility
         if any(s <= 0 or s % d for s in image_size):

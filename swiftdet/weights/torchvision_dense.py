@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import re
 
-import torch
 from torch import Tensor
 
 from swiftdet.config.schema import ModelConfig
 from swiftdet.errors import WeightsError
+from swiftdet.weights.torchvision_heads import (
+    check_converted_keys,
+    check_converted_shapes,
+    expected_state,
+    select_class_rows,
+)
 from swiftdet.weights.torchvision_rcnn import fpn_state_dict_from_torchvision
 
 __all__ = ["convert_dense_state_dict"]
@@ -55,38 +60,6 @@ def _head_key(rest: str, step: int) -> str | None:
     return None
 
 
-def _expected_state(cfg: ModelConfig) -> dict[str, Tensor]:
-    """The state dict the model of ``cfg`` has (shapes only: built on the meta device)."""
-    from swiftdet.model.build import build_model
-
-    with torch.device("meta"):
-        return build_model(cfg).state_dict()
-
-
-def _select_classes(value: Tensor, num_anchors: int, num_classes: int, key: str) -> Tensor:
-    """Rows of a (A*K_tv, ...) class conv for the config's classes (A-major, class-minor layout)."""
-    rows = value.shape[0]
-    if rows % num_anchors:
-        raise WeightsError(
-            f"Weights key '{key}' has {rows} output channels, not a multiple of the {num_anchors} anchors per "
-            "location of this config; the file is for a different anchor setup."
-        )
-    tv_classes = rows // num_anchors
-    if tv_classes == num_classes:
-        return value
-    from swiftdet.weights.coco_classes import COCO_CATEGORY_IDS
-
-    if tv_classes == 91 and num_classes == len(COCO_CATEGORY_IDS):
-        per_anchor = value.reshape(num_anchors, tv_classes, *value.shape[1:])
-        ids = torch.as_tensor(COCO_CATEGORY_IDS, dtype=torch.long)
-        return per_anchor[:, ids].reshape(num_anchors * num_classes, *value.shape[1:])
-    raise WeightsError(
-        f"Weights key '{key}' holds a {tv_classes}-class head but the config has model.num_classes="
-        f"{num_classes}; only equal counts or torchvision's 91-slot COCO head with 80 classes can be converted. "
-        "Set model.num_classes to match the file, or train the head from scratch."
-    )
-
-
 def convert_dense_state_dict(tv_state_dict: dict, cfg: ModelConfig) -> dict:
     """swiftdet state dict of the RetinaNet/FCOS of ``cfg`` from a torchvision one.
 
@@ -126,30 +99,11 @@ def convert_dense_state_dict(tv_state_dict: dict, cfg: ModelConfig) -> dict:
     except KeyError as err:
         unexpected.append(str(err))
 
-    expected = _expected_state(cfg)
-    # BatchNorm counters exist in torchvision's BN layers but not in frozen ones: they carry no weights.
-    for key in [k for k in out if k.endswith("num_batches_tracked") and k not in expected]:
-        del out[key]
-    unexpected += [k for k in out if k not in expected]
-    missing = [k for k in expected if k not in out]
-    if unexpected or missing:
-        raise WeightsError(
-            f"The weights do not fit a {what} model for this config (model.arch='{cfg.arch}'): "
-            f"{len(missing)} keys missing (e.g. {missing[:3]}), {len(unexpected)} not recognised (e.g. "
-            f"{unexpected[:3]}). The file is probably of another architecture or variant (v1 vs v2: "
-            "model.retinanet.norm, model.fpn.top_block); pick the config that matches it."
-        )
+    expected = expected_state(cfg)
+    check_converted_keys(out, unexpected, expected, what, f"model.arch='{cfg.arch}'",
+                         "v1 vs v2: model.retinanet.norm, model.fpn.top_block")
     for key in ("head.cls_score.weight", "head.cls_score.bias"):
-        out[key] = _select_classes(out[key], num_anchors, cfg.num_classes, key)
-    wrong = [
-        f"{k}: file {tuple(out[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if tuple(out[k].shape) != tuple(expected[k].shape)
-    ]
-    if wrong:
-        raise WeightsError(
-            f"The weights have the keys of a {what} model but {len(wrong)} tensors have other shapes "
-            f"({'; '.join(wrong[:3])}); check model.backbone.depth, model.fpn.top_block and model.num_classes "
-            "against the file."
-        )
+        out[key] = select_class_rows(out[key], num_anchors, cfg.num_classes, key, background=False,
+                                     layout_hint="model.retinanet.anchors")
+    check_converted_shapes(out, expected, what, "model.backbone.depth, model.fpn.top_block and model.num_classes")
     return out

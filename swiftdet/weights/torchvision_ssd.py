@@ -23,11 +23,16 @@ from __future__ import annotations
 
 import re
 
-import torch
 from torch import Tensor
 
 from swiftdet.config.schema import ModelConfig
 from swiftdet.errors import WeightsError
+from swiftdet.weights.torchvision_heads import (
+    check_converted_keys,
+    check_converted_shapes,
+    expected_state,
+    select_class_rows,
+)
 
 __all__ = ["convert_ssd_state_dict"]
 
@@ -71,38 +76,6 @@ def _mobilenet_classification_key(key: str) -> str | None:
     if m:
         return f"features.{_C4_BLOCK + int(m.group(1))}.{m.group(2)}"
     return None
-
-
-def _select_classes(value: Tensor, num_anchors: int, num_classes: int, key: str) -> Tensor:
-    """Rows of an (A * (K_tv + 1), ...) class predictor for the config's K + 1 outputs per box."""
-    rows = value.shape[0]
-    if rows % num_anchors:
-        raise WeightsError(
-            f"Weights key '{key}' has {rows} output channels, not a multiple of the {num_anchors} default boxes per "
-            "location of this config; the file is for other default boxes (model.ssd.aspect_ratios)."
-        )
-    file_outputs = rows // num_anchors
-    if file_outputs == num_classes + 1:
-        return value
-    from swiftdet.weights.coco_classes import COCO_CATEGORY_IDS
-
-    if file_outputs == 91 and num_classes == len(COCO_CATEGORY_IDS):
-        per_anchor = value.reshape(num_anchors, file_outputs, *value.shape[1:])
-        keep = torch.as_tensor([0, *COCO_CATEGORY_IDS], dtype=torch.long)  # background, then the 80 ids
-        return per_anchor[:, keep].reshape(num_anchors * (num_classes + 1), *value.shape[1:])
-    raise WeightsError(
-        f"Weights key '{key}' holds a {file_outputs - 1}-class head (plus background) but the config has "
-        f"model.num_classes={num_classes}; only equal counts or torchvision's 91-slot COCO head with 80 classes can be "
-        "converted. Set model.num_classes to match the file, or train the head from scratch."
-    )
-
-
-def _expected_state(cfg: ModelConfig) -> dict[str, Tensor]:
-    """The state dict the model of ``cfg`` has (shapes only: built on the meta device)."""
-    from swiftdet.model.build import build_model
-
-    with torch.device("meta"):
-        return build_model(cfg).state_dict()
 
 
 def convert_ssd_state_dict(tv_state_dict: dict, cfg: ModelConfig) -> dict:
@@ -151,34 +124,16 @@ def convert_ssd_state_dict(tv_state_dict: dict, cfg: ModelConfig) -> dict:
         except (KeyError, IndexError, ValueError) as err:
             unexpected.append(str(err))
 
-    expected = _expected_state(cfg)
-    # BatchNorm counters exist in torchvision's BN layers but not in frozen ones: they carry no weights.
-    for key in [k for k in out if k.endswith("num_batches_tracked") and k not in expected]:
-        del out[key]
-    unexpected += [k for k in out if k not in expected]
-    missing = [k for k in expected if k not in out]
-    if unexpected or missing:
-        raise WeightsError(
-            f"The weights do not fit a {what} model for this config (model.arch='ssd', model.backbone.name="
-            f"'{layout}'): {len(missing)} keys missing (e.g. {missing[:3]}), {len(unexpected)} not recognised (e.g. "
-            f"{unexpected[:3]}). The file is probably of another architecture or variant (SSD300 vs SSDlite: "
-            "model.backbone.name; the MobileNetV3 tail: model.backbone.reduced_tail); pick the config that matches it."
-        )
+    expected = expected_state(cfg)
+    check_converted_keys(out, unexpected, expected, what, f"model.arch='ssd', model.backbone.name='{layout}'",
+                         "SSD300 vs SSDlite: model.backbone.name; the MobileNetV3 tail: model.backbone.reduced_tail")
     num_anchors = [2 + 2 * len(r) for r in cfg.ssd.aspect_ratios]
     for level, anchors in enumerate(num_anchors):
         suffix = "" if layout == "vgg16" else "1."
         for param in ("weight", "bias"):
             key = f"head.cls_logits.{level}.{suffix}{param}"
-            out[key] = _select_classes(out[key], anchors, cfg.num_classes, key)
-    wrong = [
-        f"{k}: file {tuple(out[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if tuple(out[k].shape) != tuple(expected[k].shape)
-    ]
-    if wrong:
-        raise WeightsError(
-            f"The weights have the keys of a {what} model but {len(wrong)} tensors have other shapes "
-            f"({'; '.join(wrong[:3])}); check model.backbone (reduced_tail), model.ssd.aspect_ratios and "
-            "model.num_classes against the file."
-        )
+            out[key] = select_class_rows(out[key], anchors, cfg.num_classes, key, background=True,
+                                         layout_hint="model.ssd.aspect_ratios")
+    check_converted_shapes(out, expected, what, "model.backbone (reduced_tail), model.ssd.aspect_ratios and "
+                                                "model.num_classes")
     return out

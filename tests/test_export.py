@@ -1,8 +1,8 @@
-"""Exported RetinaNet, FCOS and SSDlite (ONNX run by onnxruntime, and TorchScript) give the eager
-model's detections: batches of 1, 2 and 3 images of different sizes through one file with a dynamic
-batch and image size (SSD: its fixed size), an image without detections, the CLI's export ->
-predict --backend round trip, and clear errors for files and flags that do not fit (issue 12,
-first part: the single-stage architectures)."""
+"""Exported Mask R-CNN, RetinaNet, FCOS and SSDlite (ONNX run by onnxruntime, and TorchScript) give
+the eager model's detections and masks: batches of 1, 2 and 3 images of different sizes through one
+file with a dynamic batch and image size (SSD: its fixed size), an image without detections, the
+CLI's export -> predict --backend round trip, and clear errors for files and flags that do not fit
+(issue 12, first part)."""
 from __future__ import annotations
 
 import json
@@ -26,7 +26,7 @@ from swiftdet.model.build import build_model
 from swiftdet.utils.io import atomic_torch_save
 from swiftdet.weights.checkpoint import make_checkpoint
 
-CONFIGS = {"retinanet": "synth_retinanet_R_18_FPN", "fcos": "synth_fcos_R_18_FPN"}
+CONFIGS = {"retinanet": "synth_retinanet_R_18_FPN", "fcos": "synth_fcos_R_18_FPN", "mask_rcnn": "demo_mask_rcnn"}
 SIZE = ["input.min_size_test=160", "input.max_size_test=256"]
 
 
@@ -55,7 +55,7 @@ def _calibrated(arch: str, images: list[np.ndarray]):
         predictor = Predictor.from_model(cfg, model)
         batch = model.preprocess([predictor.prepare(img)[0] for img in images])
         model.train()
-        model.fpn(model.backbone(batch.tensor))  # BN statistics of real images
+        model.extract_features(batch.tensor) if arch == "mask_rcnn" else model.fpn(model.backbone(batch.tensor))
         model.eval()
     return model, cfg
 
@@ -73,7 +73,7 @@ def exported(request, images, tmp_path_factory):
     # A threshold inside the score range, so that some candidates fall below it.
     scores = torch.cat([r.scores for r in Predictor.from_model(cfg, model, batch_size=4)(images)])
     threshold = round(float(scores.median()), 3) if len(scores) else 0.0
-    getattr(cfg.model, arch).score_thresh = threshold
+    (cfg.model.box_head if arch == "mask_rcnn" else getattr(cfg.model, arch)).score_thresh = threshold
     model.score_thresh = threshold
     folder = tmp_path_factory.mktemp(f"export_{arch}")
     meta = {"class_names": [f"c{i}" for i in range(cfg.model.num_classes)],
@@ -96,6 +96,12 @@ def _assert_same(expected, got, scales=None, atol: float = 1e-3) -> None:
         scale = 1.0 if scales is None else scales[i]
         torch.testing.assert_close(o.boxes.tensor, e.boxes.tensor, atol=atol * scale, rtol=0)
         torch.testing.assert_close(o.scores, e.scores, atol=atol, rtol=0)
+        assert (o.masks is None) == (e.masks is None)
+        if e.masks is not None and len(e):
+            a, b = e.masks.tensor.flatten(1), o.masks.tensor.flatten(1)
+            union = (a | b).sum(1)
+            iou = torch.where(union > 0, (a & b).sum(1) / union.clamp(min=1), torch.ones_like(union, dtype=torch.float))
+            assert float(iou.min()) >= 0.99, iou.min()
 
 
 def _scales(predictor, images) -> list[float]:
@@ -120,7 +126,10 @@ def test_an_image_without_detections_gives_zero_rows(exported, images):
     _assert_same(expected, backends["onnxruntime"]([blank, images[0]]), _scales(eager, [blank, images[0]]))
     # One image that keeps nothing, next to one that keeps detections: raise the floor above the
     # blank image's best score (below the other's).
-    floor = float(expected[0].scores.max()) + 1e-4 if len(expected[0]) else 0.0
+    if len(expected[0]) == 0:  # the blank image keeps nothing already
+        assert len(expected[1]) > 0
+        return
+    floor = float(expected[0].scores.max()) + 1e-4
     assert float(expected[1].scores.max()) > floor
     strict = load_exported_predictor(backends["onnxruntime"].model.path, "onnxruntime", batch_size=2, score_thresh=floor)
     got = strict([blank, images[0]])
@@ -130,7 +139,7 @@ def test_an_image_without_detections_gives_zero_rows(exported, images):
 def test_exported_files_carry_their_config_and_format(exported):
     arch, eager, backends = exported
     info = read_export_info(backends["onnxruntime"].model.path)
-    assert info["swiftdet_format"] == EXPORT_FORMAT and info["arch"] == arch
+    assert info["swiftdet_format"] == EXPORT_FORMAT and info["arch"] == ("rcnn" if arch == "mask_rcnn" else arch)
     assert info["batch"] == "dynamic" and info["image_size"] == "dynamic"
     assert backends["onnxruntime"].cfg.input.min_size_test == 160
     assert backends["torchscript"].category_ids == eager.category_ids or eager.meta == {}
@@ -139,7 +148,8 @@ def test_exported_files_carry_their_config_and_format(exported):
     graph = onnx.load(str(backends["onnxruntime"].model.path)).graph
     assert all(node.domain in ("", "ai.onnx") for node in graph.node)  # standard operators only
     assert [i.name for i in graph.input] == ["images", "image_sizes"]
-    assert [o.name for o in graph.output] == ["boxes", "scores", "labels", "num_detections"]
+    masks = ["mask_probs"] if arch == "mask_rcnn" else []
+    assert [o.name for o in graph.output] == ["boxes", "scores", "labels", "num_detections", *masks]
 
 
 @pytest.fixture(scope="module")
@@ -196,10 +206,11 @@ def test_cli_fixed_batch_and_size_export(checkpoint, tmp_path):
     with torch.no_grad():
         expected = ExportGraph(eager.model.eval(), eager.model.detections_per_image)(batch, sizes)
     got = predictor.model.run(batch, sizes)
-    assert torch.equal(got[3], expected[3]) and int(got[3].sum()) > 0
-    for e, o in zip(expected[:3], got[:3]):
-        torch.testing.assert_close(o, e, atol=1e-3, rtol=0)
-    assert [len(r) for r in predictor(files)] == got[3].tolist()
+    assert list(got) == ["boxes", "scores", "labels", "num_detections"]
+    assert torch.equal(got["num_detections"], expected[3]) and int(expected[3].sum()) > 0
+    for e, name in zip(expected[:3], got):
+        torch.testing.assert_close(got[name], e, atol=1e-3, rtol=0)
+    assert [len(r) for r in predictor(files)] == expected[3].tolist()
     with pytest.raises(InputError, match="exactly 2 images"):
         predictor(files[:1])
 
@@ -207,13 +218,13 @@ def test_cli_fixed_batch_and_size_export(checkpoint, tmp_path):
 def test_clear_errors_for_what_does_not_fit(checkpoint, tmp_path, capsys):
     folder, weights = checkpoint
     images = str(folder / "images")
-    # An architecture that does not export yet: said before anything is written.
-    assert main(["export", "demo_mask_rcnn", "model.num_classes=2", "--output", str(tmp_path / "r.onnx")]) == 2
-    assert "not supported yet" in capsys.readouterr().err
-    cfg = load_config("demo_mask_rcnn", ["model.num_classes=2"])
-    with pytest.raises(ConfigError, match="exportable architectures are retinanet, fcos, ssd"):
-        export_model(build_model(cfg.model), cfg, tmp_path / "r.onnx")
-    assert not (tmp_path / "r.onnx").exists()
+    # A model that does not export yet (keypoint decoding): said before anything is written.
+    assert main(["export", "synth_keypoint_rcnn_R_18_FPN", "--output", str(tmp_path / "k.onnx")]) == 2
+    assert "keypoint model (model.keypoint_on) is not supported yet" in capsys.readouterr().err
+    cfg = load_config("synth_keypoint_rcnn_R_18_FPN")
+    with pytest.raises(ConfigError, match="heatmap decoding does not export"):
+        export_model(build_model(cfg.model), cfg, tmp_path / "k.onnx")
+    assert not (tmp_path / "k.onnx").exists()
     # Weights that do not fit the config (a bare state_dict: no config of its own to adopt).
     bare = tmp_path / "bare.pth"
     torch.save(torch.load(weights, weights_only=True)["model"], bare)

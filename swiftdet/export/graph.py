@@ -11,7 +11,10 @@ inputs
 outputs, for K = the model's detections per image
     boxes: (B, K, 4) float32 x0, y0, x1, y1 in the input images' pixels;
     scores: (B, K) float32; labels: (B, K) int64 (contiguous class indices);
-    num_detections: (B,) int64, how many of the K rows of each image are detections (the rest are 0).
+    num_detections: (B,) int64, how many of the K rows of each image are detections (the rest are 0);
+    mask models: mask_probs (B, K, M, M) float32, each detection's mask probabilities in its box
+    (pasted into the image by the runtime, swiftdet.export.runtime);
+    keypoint models: keypoints (B, K, P, 3) float32, x, y and score of each of P keypoints.
 """
 from __future__ import annotations
 
@@ -20,10 +23,20 @@ from torch import Tensor, nn
 
 from swiftdet.model.detector import Detector
 
-__all__ = ["ExportGraph", "OUTPUT_NAMES", "INPUT_NAMES"]
+__all__ = ["ExportGraph", "OUTPUT_NAMES", "INPUT_NAMES", "output_names"]
 
 INPUT_NAMES = ("images", "image_sizes")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
+#: Outputs of models with these heads, after OUTPUT_NAMES and in this order.
+OPTIONAL_OUTPUTS = ("mask_probs", "keypoints")
+
+
+def output_names(model: Detector) -> tuple[str, ...]:
+    """The graph's output names for ``model``: OUTPUT_NAMES, then its mask / keypoint outputs."""
+    heads = getattr(model, "roi_heads", None)
+    present = {"mask_probs": bool(heads is not None and heads.mask_on),
+               "keypoints": bool(heads is not None and heads.keypoint_on)}
+    return OUTPUT_NAMES + tuple(name for name in OPTIONAL_OUTPUTS if present[name])
 
 
 class ExportGraph(nn.Module):
@@ -43,7 +56,7 @@ class ExportGraph(nn.Module):
         self.register_buffer("mean", (model.pixel_mean / 255.0).float(), persistent=False)
         self.register_buffer("std", (model.pixel_std / 255.0).float(), persistent=False)
 
-    def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
         batch, _, height, width = images.shape
         x = images.float()
         if self.model.input_format == "BGR":
@@ -67,4 +80,10 @@ class ExportGraph(nn.Module):
         boxes = boxes.index_put((image, rank), raw["boxes"])
         scores = scores.index_put((image, rank), raw["scores"])
         labels = labels.index_put((image, rank), raw["labels"])
-        return boxes, scores, labels, counts
+        out = [boxes, scores, labels, counts]
+        for name in OPTIONAL_OUTPUTS:
+            if raw.get(name) is not None:
+                value = raw[name]
+                padded = value.new_zeros((batch, k) + tuple(value.shape[1:]))
+                out.append(padded.index_put((image, rank), value))
+        return tuple(out)

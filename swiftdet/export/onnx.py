@@ -1,7 +1,8 @@
 """Write a detector as a whole-model ONNX file (or TorchScript) that runs without swiftdet's Python.
 
-The graph is :class:`swiftdet.export.graph.ExportGraph`: normalisation, backbone, FPN, heads, box
-decoding, candidate selection, class-wise NMS and the per-image top-k, in standard ONNX operators
+The graph is :class:`swiftdet.export.graph.ExportGraph`: normalisation, backbone, FPN, (RPN and
+RoIAlign,) heads, box decoding, candidate selection, class-wise NMS and the per-image top-k, and a
+mask model's per-detection mask probabilities, in standard ONNX operators
 (default opset 17), with a dynamic batch and image size unless fixed at export. What a runtime
 needs besides the graph travels in the file: the config (its test resize), the class names and
 category ids, and the format tag that :mod:`swiftdet.export.runtime` checks.
@@ -19,7 +20,7 @@ import torch
 from swiftdet.config.core import config_to_dict
 from swiftdet.config.schema import Config
 from swiftdet.errors import ConfigError
-from swiftdet.export.graph import INPUT_NAMES, OUTPUT_NAMES, ExportGraph
+from swiftdet.export.graph import INPUT_NAMES, ExportGraph, output_names
 from swiftdet.model.detector import Detector
 from swiftdet.utils.io import atomic_write
 
@@ -27,25 +28,30 @@ __all__ = ["EXPORT_FORMAT", "EXPORTABLE_ARCHS", "check_exportable", "export_mode
 
 #: Written into every exported file; a runtime refuses files of another format version.
 EXPORT_FORMAT = "swiftdet-export/1"
-#: Architectures whose core exports today. R-CNN's proposals are still handled image by image in
-#: Python (a trace would fix the batch size), so it is refused until that is batched.
-EXPORTABLE_ARCHS = ("retinanet", "fcos", "ssd")
+#: Architectures whose core exports (every one swiftdet has).
+EXPORTABLE_ARCHS = ("rcnn", "retinanet", "fcos", "ssd")
 FORMATS = ("onnx", "torchscript")
 
 
 def check_exportable(cfg: Config) -> None:
-    """ConfigError for an architecture whose core does not export yet."""
+    """ConfigError for a model whose core does not export yet."""
     if cfg.model.arch not in EXPORTABLE_ARCHS:
         raise ConfigError(
             f"Exporting model.arch={cfg.model.arch!r} is not supported yet; the exportable architectures are "
             f"{', '.join(EXPORTABLE_ARCHS)}. Run this model with swiftdet predict (eager) instead."
         )
+    if cfg.model.keypoint_on:
+        # Decoding resizes each box's heatmaps to the box's own size: a loop the ONNX exporter
+        # cannot record yet (TorchScript and eager run it).
+        raise ConfigError("Exporting a keypoint model (model.keypoint_on) is not supported yet: its heatmap decoding "
+                          "does not export. Run it with swiftdet predict (eager) instead.")
 
 
 def export_graph_for(model: Detector, cfg: Config) -> ExportGraph:
     """The graph of ``model`` (eval mode) with K = its detections per image."""
     check_exportable(cfg)
-    return ExportGraph(model.eval(), max_detections=model.detections_per_image).eval()
+    heads = getattr(model, "roi_heads", model)  # R-CNN keeps its per-image cap in the RoI heads
+    return ExportGraph(model.eval(), max_detections=heads.detections_per_image).eval()
 
 
 def _example_inputs(cfg: Config, batch: int, image_size: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +121,7 @@ def export_model(
         "config": json.dumps(config_to_dict(cfg)),
         "meta": json.dumps({k: v for k, v in (meta or {}).items() if k in ("class_names", "category_ids")}),
         "max_detections": str(graph.max_detections),
+        "outputs": ",".join(output_names(model)),
         "batch": "dynamic" if batch is None else str(batch),
         "image_size": "dynamic" if image_size is None else f"{image_size[0]}x{image_size[1]}",
     }
@@ -124,7 +131,7 @@ def export_model(
         # as tensors where it matters (tests/test_export.py replays other sizes and batches).
         warnings.simplefilter("ignore")
         if fmt == "onnx":
-            data = _onnx_bytes(graph, example, opset, batch is None, image_size is None, info)
+            data = _onnx_bytes(graph, example, opset, batch is None, image_size is None, info, output_names(model))
         else:
             traced = torch.jit.trace(graph, example, check_trace=False)
             buffer = io.BytesIO()
@@ -134,18 +141,19 @@ def export_model(
     return output
 
 
-def _onnx_bytes(graph: ExportGraph, example, opset: int, dynamic_batch: bool, dynamic_size: bool, info: dict) -> bytes:
+def _onnx_bytes(graph: ExportGraph, example, opset: int, dynamic_batch: bool, dynamic_size: bool, info: dict,
+                outputs: tuple[str, ...]) -> bytes:
     import onnx  # an optional extra: pip install -e ".[export]"
 
-    axes: dict[str, dict[int, str]] = {name: {} for name in INPUT_NAMES + OUTPUT_NAMES}
+    axes: dict[str, dict[int, str]] = {name: {} for name in INPUT_NAMES + outputs}
     if dynamic_batch:
-        for name in INPUT_NAMES + OUTPUT_NAMES:
+        for name in INPUT_NAMES + outputs:
             axes[name][0] = "batch"
     if dynamic_size:
         axes["images"].update({2: "height", 3: "width"})
     buffer = io.BytesIO()
     torch.onnx.export(graph, example, buffer, dynamo=False, opset_version=opset, input_names=list(INPUT_NAMES),
-                      output_names=list(OUTPUT_NAMES), dynamic_axes={k: v for k, v in axes.items() if v})
+                      output_names=list(outputs), dynamic_axes={k: v for k, v in axes.items() if v})
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in info.items():
         entry = proto.metadata_props.add()

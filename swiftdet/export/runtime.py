@@ -23,7 +23,7 @@ from swiftdet.errors import ConfigError, InputError, WeightsError
 from swiftdet.export.onnx import EXPORT_FORMAT
 from swiftdet.inference.predictor import Predictor
 from swiftdet.model.postprocess import postprocess_instances
-from swiftdet.structures import Boxes, ImageList, Instances
+from swiftdet.structures import Boxes, ImageList, Instances, Keypoints
 
 __all__ = ["BACKENDS", "ExportedModel", "load_exported_predictor", "predict_command", "read_export_info"]
 
@@ -100,6 +100,7 @@ class ExportedModel:
         self.num_classes = cfg.model.num_classes
         self.size_divisibility = cfg.input.size_divisibility
         self.mask_threshold = cfg.model.mask_head.mask_threshold
+        self.outputs = tuple(info.get("outputs", "boxes,scores,labels,num_detections").split(","))
         self.batch = None if info.get("batch", "dynamic") == "dynamic" else int(info["batch"])
         size = info.get("image_size", "dynamic")
         self.image_size = None if size == "dynamic" else tuple(int(v) for v in size.split("x"))
@@ -122,13 +123,16 @@ class ExportedModel:
     def to(self, device) -> "ExportedModel":
         return self
 
-    def run(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The graph's outputs (boxes, scores, labels, num_detections) for a padded batch."""
+    def run(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
+        """The graph's outputs by name (boxes, scores, labels, num_detections, and mask_probs /
+        keypoints for models with those heads) for a padded batch."""
         if self.backend == "onnxruntime":
             feed = {"images": images.numpy().astype(np.float32), "image_sizes": image_sizes.numpy().astype(np.int64)}
-            return tuple(torch.from_numpy(o) for o in self._session.run(None, feed))  # type: ignore[return-value]
-        with torch.no_grad():
-            return self._module(images, image_sizes)
+            values = [torch.from_numpy(o) for o in self._session.run(list(self.outputs), feed)]
+        else:
+            with torch.no_grad():
+                values = list(self._module(images, image_sizes))
+        return dict(zip(self.outputs, values))
 
     def predict(self, images: Sequence[Tensor], original_sizes: Sequence[tuple[int, int]] | None = None) -> list[Instances]:
         """(3, H_i, W_i) 0-255 RGB images at the test size -> detections in original pixels."""
@@ -144,11 +148,18 @@ class ExportedModel:
             raise InputError(f"The exported model takes batches of exactly {self.batch} images (fixed at export), "
                              f"got {len(images)}. Use --batch-size {self.batch} or export with --batch dynamic.")
         sizes = torch.tensor(batch.image_sizes, dtype=torch.int64).reshape(-1, 2)
-        boxes, scores, labels, counts = self.run(tensor, sizes)
+        outputs = self.run(tensor, sizes)
+        counts = outputs["num_detections"]
         out = []
         for i, (size, original) in enumerate(zip(batch.image_sizes, batch.original_sizes)):
             n = int(counts[i])
-            raw = Instances(tuple(size), boxes=Boxes(boxes[i, :n]), scores=scores[i, :n], labels=labels[i, :n])
+            extra = {}
+            if "mask_probs" in outputs:
+                extra["mask_probs"] = outputs["mask_probs"][i, :n]
+            if "keypoints" in outputs:
+                extra["keypoints"] = Keypoints(outputs["keypoints"][i, :n])
+            raw = Instances(tuple(size), boxes=Boxes(outputs["boxes"][i, :n]), scores=outputs["scores"][i, :n],
+                            labels=outputs["labels"][i, :n], **extra)
             result = postprocess_instances(raw, tuple(original), self.mask_threshold)
             out.append(result.with_fields(boxes=result.boxes.clip(result.image_size)))
         return out
@@ -165,11 +176,12 @@ def load_exported_predictor(path: str | os.PathLike, backend: str = "onnxruntime
     baked = _baked_score_thresh(cfg)
     if score_thresh is not None and score_thresh < baked:
         raise ConfigError(f"--score-thresh {score_thresh} is below the threshold {baked} the model was exported with; "
-                          f"export again with a lower one (swiftdet export ... model.{cfg.model.arch}.score_thresh="
-                          f"{score_thresh}).")
+                          f"export again with a lower one (swiftdet export ... "
+                          f"model.{'box_head' if cfg.model.arch == 'rcnn' else cfg.model.arch}.score_thresh={score_thresh}).")
     predictor = Predictor.from_model(cfg, exported, meta=meta, batch_size=batch_size, min_score=score_thresh)
     return predictor
 
 
 def _baked_score_thresh(cfg: Config) -> float:
-    return float(getattr(cfg.model, cfg.model.arch).score_thresh)
+    head = cfg.model.box_head if cfg.model.arch == "rcnn" else getattr(cfg.model, cfg.model.arch)
+    return float(head.score_thresh)

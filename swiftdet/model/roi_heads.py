@@ -234,7 +234,8 @@ class RoIHeads(nn.Module):
         keypoints (N, K, 3) x, y, score with a keypoint head.
 
         Args:
-            proposals: per image (P_i, 4) boxes; image_sizes: (B, 2) int64 (height, width).
+            proposals: per image (P_i, 4) boxes, or at inference (P, 5) rois (image index first);
+                image_sizes: (B, 2) int64 (height, width).
         """
         if self.training:
             if targets is None:
@@ -364,11 +365,12 @@ class RoIHeads(nn.Module):
         return F.binary_cross_entropy_with_logits(selected, gt)
 
     # --------------------------------------------------------------------------------- inference
-    def _inference(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: Tensor) -> dict[str, Tensor]:
+    def _inference(self, features: dict[str, Tensor], proposals: list[Tensor] | Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
         # roi_align copies a channels-last input to contiguous on every call; with the box and the
         # mask pooler reading the same levels, copy once here instead (a no-op for NCHW features).
         features = {k: v.contiguous() for k, v in features.items()}
-        rois = _boxes_to_rois(proposals)
+        # A traced RPN gives the batch's (P, 5) rois at once (a list would fix the batch size).
+        rois = proposals if isinstance(proposals, Tensor) else _boxes_to_rois(proposals)
         image_of_roi = rois[:, 0].to(torch.int64)
         class_logits, box_deltas = self.box_predictor(self.box_head(self.box_pooler.pool(features, rois)))
         num_slots = class_logits.shape[1]

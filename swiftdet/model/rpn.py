@@ -17,7 +17,8 @@ from swiftdet.model.anchors import AnchorGenerator
 from swiftdet.model.box_coder import BoxCoder, clip_boxes
 from swiftdet.model.layers import ConvNormAct
 from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
-from swiftdet.model.nms import class_wise_nms
+from swiftdet.model.nms import class_wise_nms, per_image_nms
+from swiftdet.model.tracing import is_tracing, traced_min
 from swiftdet.structures import Instances
 
 __all__ = ["RPN", "RPNHead"]
@@ -112,6 +113,8 @@ class RPN(nn.Module):
         objectness, pred_deltas = _flatten_levels(logits, deltas)
         b = objectness.shape[0]
         proposals = self.box_coder.decode(pred_deltas.detach().reshape(-1, 4), anchors.repeat(b, 1)).view(b, -1, 4)
+        if is_tracing() and not self.training:
+            return self._select_proposals_traced(proposals, logits, image_sizes), {}
         boxes = self._select_proposals(proposals, objectness.detach(), image_sizes, num_per_level)
         losses: dict[str, Tensor] = {}
         if self.training:
@@ -148,6 +151,37 @@ class RPN(nn.Module):
             keep = class_wise_nms(boxes, s, lvl, self.nms_thresh)[:post_nms]
             out.append(boxes[keep])
         return out
+
+    def _select_proposals_traced(self, proposals: Tensor, logits: list[Tensor], image_sizes: Tensor) -> Tensor:
+        """:meth:`_select_proposals` for the whole batch at once, in operations a trace records for
+        any batch and image size (the eager one loops over images). The same proposals per image,
+        returned as (P, 5) rois (image index, x0, y0, x1, y1) grouped by image.
+
+        Args:
+            proposals: (B, A, 4) decoded boxes; logits: per level (B, A_l, H_l, W_l) objectness.
+        """
+        pre_nms, post_nms = self.pre_nms_topk[False], self.post_nms_topk[False]
+        b = proposals.shape[0]
+        top_idx, level_ids = [], []
+        offset = torch.zeros((), dtype=torch.int64, device=proposals.device)
+        for level, lg in enumerate(logits):
+            scores = lg.detach().permute(0, 2, 3, 1).reshape(b, -1)  # location-major, as _flatten_levels
+            _, idx = scores.topk(traced_min(scores, 1, pre_nms), dim=1)
+            top_idx.append(idx + offset)
+            level_ids.append(torch.zeros_like(idx) + level)
+            offset = offset + torch._shape_as_tensor(scores)[1]
+        top_idx, levels = torch.cat(top_idx, dim=1), torch.cat(level_ids, dim=1)  # (B, K) each
+        images = torch.arange(b, device=proposals.device)[:, None] + torch.zeros_like(top_idx)
+        flat_logits = torch.cat([lg.detach().permute(0, 2, 3, 1).reshape(b, -1) for lg in logits], dim=1)
+        scores = flat_logits.gather(1, top_idx).sigmoid().reshape(-1)
+        boxes = clip_boxes(proposals.gather(1, top_idx[:, :, None].expand(-1, -1, 4)), image_sizes[:, None, :])
+        boxes, levels, images = boxes.reshape(-1, 4), levels.reshape(-1), images.reshape(-1)
+        wh = boxes[:, 2:] - boxes[:, :2]
+        keep = torch.nonzero((wh >= self.min_box_size).all(dim=1) & (scores >= self.score_thresh)).squeeze(1)
+        boxes, scores, levels, images = boxes[keep], scores[keep], levels[keep], images[keep]
+        # NMS within each (image, level); each image's best post_nms by decreasing score, as eager.
+        keep, _ = per_image_nms(boxes, scores, levels, images, b, len(logits), self.nms_thresh, post_nms)
+        return torch.cat([images[keep, None].to(boxes.dtype), boxes[keep]], dim=1)
 
     def _losses(self, anchors: Tensor, objectness: Tensor, deltas: Tensor, targets: list[Instances]) -> dict[str, Tensor]:
         """BCE objectness over the sampled anchors, smooth-L1 on positives / number sampled."""

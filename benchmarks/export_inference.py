@@ -1,11 +1,12 @@
-"""Latency of exported swiftdet models (onnxruntime, TorchScript) vs eager swiftdet and torchvision.
+"""Latency of exported swiftdet models (onnxruntime, OpenVINO, TorchScript) vs eager swiftdet and torchvision.
 
-    python benchmarks/export_inference.py [--model retinanet|fcos] [--batch 1] [--iters 5] [--threads 2]
+    python benchmarks/export_inference.py [--model retinanet|fcos|mask_rcnn] [--batch 1] [--iters 5] [--threads 2]
 
-The same random weights in all (``dense_inference.build_models``: torchvision's model converted
-into swiftdet's), one 3x800x1216 image (or ``--batch`` copies of it, shifted so they differ), end
-to end: each runner takes the images at their test size (800x1216 needs no resize) and returns
-detections in image pixels. Runners alternate after one warm-up each; medians are printed with
+The same random weights in all (``dense_inference.build_models`` / ``rcnn_inference.build_models``:
+torchvision's model converted into swiftdet's), one 3x800x1216 image (``rcnn_inference.make_image``,
+or ``--batch`` copies of it, shifted so they differ), end to end: each runner takes the images at
+their test size (800x1216 needs no resize) and returns detections in image pixels (Mask R-CNN's
+masks pasted at full size by every runner). Runners alternate after one warm-up each; medians are printed with
 their ratio to torchvision, and the exported models' detections are checked against eager
 swiftdet (counts, labels, and the largest box and score differences).
 """
@@ -20,12 +21,14 @@ from pathlib import Path
 
 import torch
 
-from dense_inference import build_models
+from dense_inference import build_models as build_dense_models
+from rcnn_inference import build_models as build_rcnn_models
+from rcnn_inference import make_image
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=("retinanet", "fcos"), default="retinanet")
+    parser.add_argument("--model", choices=("retinanet", "fcos", "mask_rcnn"), default="retinanet")
     parser.add_argument("--batch", type=int, default=1, help="images per call")
     parser.add_argument("--iters", type=int, default=5, help="timed runs per runner (alternating)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of torch and onnxruntime")
@@ -37,27 +40,35 @@ def main() -> None:
     from swiftdet.export.runtime import ExportedModel, read_export_info
     from swiftdet.model.layers import fuse_for_inference
 
-    tv, plain = build_models(args.model, fast=False)
+    if args.model == "mask_rcnn":
+        tv, plain = build_rcnn_models("mask_rcnn", fast=False)
+        cfg = load_config("mask_rcnn_R_50_FPN_1x", ["model.num_classes=90", "model.box_head.score_thresh=0.0",
+                                                    "model.box_head.detections_per_image=100"])
+        tv_scale = 1.0  # rcnn_inference's torchvision model normalises 0-255 input
+    else:
+        tv, plain = build_dense_models(args.model, fast=False)
+        cfg = load_config(f"{args.model}_R_50_FPN_1x", ["model.num_classes=91", f"model.{args.model}.score_thresh=0.0",
+                                                        f"model.{args.model}.detections_per_image=100"])
+        tv_scale = 1 / 255.0
     fast = fuse_for_inference(plain)
-    config = {"retinanet": "retinanet_R_50_FPN_1x", "fcos": "fcos_R_50_FPN_1x"}[args.model]
-    cfg = load_config(config, ["model.num_classes=91", f"model.{args.model}.score_thresh=0.0",
-                               f"model.{args.model}.detections_per_image=100"])
-    g = torch.Generator().manual_seed(0)
-    base = torch.rand(3, 800, 1216, generator=g) * 255
+    base = make_image()
     images = [base.roll(17 * i, dims=-1) for i in range(args.batch)]
     sizes = [tuple(img.shape[-2:]) for img in images]
 
     folder = Path(tempfile.mkdtemp(prefix="swiftdet_export_bench_"))
     runners = {
-        "torchvision": lambda: tv([img / 255.0 for img in images]),
+        "torchvision": lambda: tv([img * tv_scale for img in images]),
         "swiftdet eager (fast)": lambda: fast.predict(images, sizes),
     }
     started = time.perf_counter()
-    for fmt, backend, name in (("onnx", "onnxruntime", "model.onnx"), ("torchscript", "torchscript", "model.pt")):
-        path = export_model(fast, cfg, folder / name, fmt=fmt)
+    for fmt, backend, name in (("onnx", "onnxruntime", "model.onnx"), ("onnx", "openvino", "model.onnx"),
+                               ("torchscript", "torchscript", "model.pt")):
+        path = folder / name
+        if not path.exists():
+            export_model(fast, cfg, path, fmt=fmt)
         exported = ExportedModel(path, backend, cfg, read_export_info(path), threads=args.threads)
         runners[f"swiftdet {backend}"] = (lambda e: lambda: e.predict(images, sizes))(exported)
-    print(f"exported both formats in {time.perf_counter() - started:.1f} s")
+    print(f"exported both formats and loaded the three runtimes in {time.perf_counter() - started:.1f} s")
 
     outputs = {}
     with torch.no_grad():
@@ -75,7 +86,7 @@ def main() -> None:
     for name in runners:
         print(f"  {name:24s} median {med[name] * 1000:8.1f} ms   ratio to torchvision {med[name] / med['torchvision']:.3f}")
     reference = outputs["swiftdet eager (fast)"]
-    for name in ("swiftdet onnxruntime", "swiftdet torchscript"):
+    for name in ("swiftdet onnxruntime", "swiftdet openvino", "swiftdet torchscript"):
         got = outputs[name]
         counts = [len(r) for r in got] == [len(r) for r in reference]
         labels = counts and all(torch.equal(a.labels, b.labels) for a, b in zip(got, reference))

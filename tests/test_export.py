@@ -1,4 +1,4 @@
-"""Exported Mask R-CNN, RetinaNet, FCOS and SSDlite (ONNX run by onnxruntime, and TorchScript) give
+"""Exported Mask R-CNN, RetinaNet, FCOS and SSDlite (ONNX run by onnxruntime and OpenVINO, and TorchScript) give
 the eager model's detections and masks: batches of 1, 2 and 3 images of different sizes through one
 file with a dynamic batch and image size (SSD: its fixed size), an image without detections, the
 CLI's export -> predict --backend round trip, and clear errors for files and flags that do not fit
@@ -81,6 +81,7 @@ def exported(request, images, tmp_path_factory):
     export_model(model, cfg, folder / "model.onnx", meta=meta)
     export_model(model, cfg, folder / "model.pt", fmt="torchscript", meta=meta)
     backends = {"onnxruntime": load_exported_predictor(folder / "model.onnx", "onnxruntime", batch_size=3),
+                "openvino": load_exported_predictor(folder / "model.onnx", "openvino", batch_size=3),
                 "torchscript": load_exported_predictor(folder / "model.pt", "torchscript", batch_size=3)}
     return arch, Predictor.from_model(cfg, model, batch_size=3), backends
 
@@ -108,7 +109,7 @@ def _scales(predictor, images) -> list[float]:
     return [img.shape[0] / predictor.prepare(img)[0].shape[1] for img in images]
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "torchscript"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torchscript"])
 def test_exported_model_matches_eager_for_batches_of_several_sizes(exported, images, backend):
     arch, eager, backends = exported
     assert len({img.shape for img in images}) > 1  # the batch is padded, images resized differently

@@ -74,11 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "unambiguous); needed to evaluate predictions.json against it (swiftdet coco-eval)")
     parser.add_argument("--no-draw", action="store_true",
                         help="do not draw and save the images (faster); predictions.json is still written")
-    parser.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "torchscript"),
+    parser.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "openvino", "torchscript"),
                         help="what runs the model: eager PyTorch (default, with --config and --weights), or an "
                              "exported file given with --model (its config and classes are inside it)")
     parser.add_argument("--model", default=None, metavar="FILE",
-                        help="the exported model for --backend onnxruntime (model.onnx) or torchscript")
+                        help="the exported model for --backend onnxruntime or openvino (model.onnx), or torchscript")
     parser.add_argument("--strict", action="store_true",
                         help="exit with an error (code 2) when an input image cannot be read, after predicting the "
                              "others; by default it is skipped and listed in DIR/skipped_images.txt (an error only "

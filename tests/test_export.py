@@ -39,6 +39,7 @@ def _calibrated(arch: str, images: list[np.ndarray]):
     """A model with random weights whose norms are calibrated on real images and whose class
     logits spread over a realistic range (not all at the prior), and its config."""
     cfg = load_config(CONFIGS[arch], SIZE)
+    torch.manual_seed(0)  # the layers not set below (e.g. the mask deconv) too: the same model in any test order
     model = build_model(cfg.model)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -47,11 +48,19 @@ def _calibrated(arch: str, images: list[np.ndarray]):
                 mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) / math.sqrt(mod.weight[0].numel()))
                 if mod.bias is not None:
                     mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.1 - 1.0)
+            elif isinstance(mod, nn.Linear):  # R-CNN's box head and predictor
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * math.sqrt(2.0 / mod.weight.shape[1]))
+                mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.1)
             elif isinstance(mod, nn.BatchNorm2d):
                 mod.reset_running_stats()
                 mod.momentum = None
             elif isinstance(mod, nn.GroupNorm):
                 mod.weight.copy_(torch.rand(mod.num_channels, generator=g) + 0.5)
+        if arch == "mask_rcnn":
+            # Class logits a few units apart (the initial std of 0.01 ties every softmax score near
+            # 1/6), small box deltas (boxes near their proposals, not degenerate).
+            model.roi_heads.box_predictor.cls_score.weight.mul_(2.0)
+            model.roi_heads.box_predictor.bbox_pred.weight.mul_(0.05)
         predictor = Predictor.from_model(cfg, model)
         batch = model.preprocess([predictor.prepare(img)[0] for img in images])
         model.train()

@@ -370,6 +370,7 @@ def test_default_boxes_match_torchvision():
     (["model.backbone.out_features=[conv3,conv4]"], "SSD300 takes VGG-16's"),
     (["model.backbone.freeze_at=6"], "VGG-16 has 5 stages"),
     (["model.backbone.norm=BN"], "VGG-16 has no norm layers"),
+    (["input.size_divisibility=32"], "would pad SSD's input.fixed_size"),
 ])
 def test_config_refuses_what_ssd300_cannot_build(overrides, message):
     from swiftdet.errors import ConfigError

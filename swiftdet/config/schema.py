@@ -463,6 +463,12 @@ class Config(Section):
         _check(not (self.model.keypoint_on and self.data.test.json and not sigmas and k != 17),
                f"model.keypoint_head.num_keypoints={k}: the keypoint AP needs test.keypoint_oks_sigmas, one OKS "
                "sigma per keypoint (the default, COCO's person sigmas, has 17).")
+        d, fixed = self.input.size_divisibility, self.input.fixed_size
+        # SSD lays its default boxes out on the padded batch: padding a fixed-size input past
+        # fixed_size would move them off the boxes its weights were trained with.
+        _check(not (self.model.arch == "ssd" and self.input.resize == "fixed" and any(v % d for v in fixed)),
+               f"input.size_divisibility={d} would pad SSD's input.fixed_size {list(fixed)} to other sizes and move its "
+               "default boxes: set input.size_divisibility=1 (or a divisor of both sides).")
 
 
 def _record_config_keys(cls: type, prefix: str = "") -> None:

@@ -52,16 +52,10 @@ class ExportGraph(nn.Module):
         super().__init__()
         self.model = model
         self.max_detections = int(max_detections)
-        # The 0-1 mean and std in float32, computed as the shell does, so inputs are bit-identical.
-        self.register_buffer("mean", (model.pixel_mean / 255.0).float(), persistent=False)
-        self.register_buffer("std", (model.pixel_std / 255.0).float(), persistent=False)
 
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
         batch, _, height, width = images.shape
-        x = images.float()
-        if self.model.input_format == "BGR":
-            x = x.flip(1)
-        x = (x / 255.0 - self.mean) / self.std
+        x = self.model.normalize(images.float())
         rows = torch.arange(height, device=x.device)[None, :, None] < image_sizes[:, 0, None, None]
         cols = torch.arange(width, device=x.device)[None, None, :] < image_sizes[:, 1, None, None]
         x = torch.where((rows & cols)[:, None], x, torch.zeros_like(x))  # the shell pads with zeros

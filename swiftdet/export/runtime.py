@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -40,12 +41,13 @@ def read_export_info(path: str | os.PathLike) -> dict[str, str]:
         raise InputError(f"Exported model '{path}' does not exist. Write one with swiftdet export.")
     info: dict[str, str] = {}
     if _is_torchscript(path):
-        files = {"swiftdet.json": ""}
+        # The metadata is a file in the archive's extra/ folder: read it without loading the model.
         try:
-            torch.jit.load(str(path), map_location="cpu", _extra_files=files)
-        except RuntimeError as error:
-            raise WeightsError(f"'{path}' is not a TorchScript file that can be loaded: {str(error).splitlines()[0]}") from None
-        info = json.loads(files["swiftdet.json"] or "{}")
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("/extra/swiftdet.json")), None)
+                info = json.loads(archive.read(name)) if name else {}
+        except (zipfile.BadZipFile, ValueError) as error:
+            raise WeightsError(f"'{path}' is not a TorchScript file that can be read ({error}).") from None
     else:
         onnx = _import("onnx", "onnxruntime")
         try:
@@ -127,12 +129,6 @@ class ExportedModel:
             if not _is_torchscript(self.path):
                 raise ConfigError(f"'{path}' is an ONNX file: use --backend onnxruntime.")
             self._module = torch.jit.load(str(self.path), map_location="cpu").eval()
-
-    def eval(self) -> "ExportedModel":
-        return self
-
-    def to(self, device) -> "ExportedModel":
-        return self
 
     def run(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
         """The graph's outputs by name (boxes, scores, labels, num_detections, and mask_probs /

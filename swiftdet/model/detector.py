@@ -177,8 +177,6 @@ class Detector(nn.Module, ABC):
                 f"preprocess got {len(images)} images but {len(original_sizes)} original sizes; pass one "
                 "(height, width) per image or none."
             )
-        mean = (self.pixel_mean / 255.0).float()
-        std = (self.pixel_std / 255.0).float()
         normalised = []
         for i, img in enumerate(images):
             if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3:
@@ -187,11 +185,17 @@ class Detector(nn.Module, ABC):
                     f"Image {i} of the batch has shape {shape}; the model expects (3, H, W) RGB tensors with values "
                     "0-255. Convert grayscale or RGBA images to RGB and put channels first."
                 )
-            x = img.to(self.device, torch.float32, non_blocking=True)
-            if self.input_format == "BGR":
-                x = x.flip(0)
-            normalised.append((x / 255.0 - mean) / std)
+            normalised.append(self.normalize(img.to(self.device, torch.float32, non_blocking=True)))
         return ImageList.from_tensors(normalised, self.size_divisibility, 0.0, original_sizes)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """(..., 3, H, W) float32 RGB 0-255 -> the network's input: channels in ``input_format``
+        order, ``(x / 255 - mean / 255) / (std / 255)`` (see :meth:`preprocess`; export uses it too)."""
+        if self.input_format == "BGR":
+            images = images.flip(-3)
+        mean = (self.pixel_mean / 255.0).float()
+        std = (self.pixel_std / 255.0).float()
+        return (images / 255.0 - mean) / std
 
     def forward(self, images: ImageList, targets: Sequence[Instances] | None = None):
         """Training: dict of scalar losses. Eval: per-image Instances in the resized images'

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 NAME = "convert"
@@ -22,11 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="unpickle arbitrary Python objects (needed for a whole saved model; trusted files only)")
 
 
-def convert_torchvision(input_path: str, output_path: str, cfg, *, allow_pickle: bool = False) -> dict:
+def convert_torchvision(input_path: str, output_path: str, cfg, *, allow_pickle: bool = False,
+                        torchvision_eps: bool = True) -> dict:
     """Convert a torchvision detection model file for ``cfg`` and write it as a swiftdet checkpoint.
 
     The converted weights are loaded into the model ``cfg`` builds, every key and shape checked,
-    before anything is written (atomically). Returns the checkpoint's meta.
+    before anything is written (atomically). With ``torchvision_eps`` the checkpoint's config takes
+    the FrozenBN eps torchvision runs such a file with (:func:`torchvision_norm_eps`), in place of
+    ``cfg``'s. Returns the checkpoint's meta.
 
     Raises:
         WeightsError: unreadable file, another architecture, or a result that does not fill the model.
@@ -38,6 +42,13 @@ def convert_torchvision(input_path: str, output_path: str, cfg, *, allow_pickle:
     from swiftdet.weights.checkpoint import extract_state_dict, is_checkpoint, make_checkpoint, match_state_dict
     from swiftdet.weights.checkpoint import read_weights_file
     from swiftdet.weights.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, COCO_PERSON_KEYPOINT_NAMES
+
+    eps = torchvision_norm_eps(cfg) if torchvision_eps else None
+    if eps is not None and cfg.model.backbone.norm_eps != eps:
+        cfg = copy.deepcopy(cfg)
+        cfg.model.backbone.norm_eps = eps
+        print(f"FrozenBN eps {eps:g}, as torchvision runs its COCO files of this architecture (for a model you "
+              f"trained in torchvision from ImageNet weights give model.backbone.norm_eps=1e-5).")
 
     obj = read_weights_file(input_path, allow_pickle=allow_pickle, allow_pickle_hint="--allow-pickle")
     if is_checkpoint(obj):
@@ -93,12 +104,9 @@ def run(args: argparse.Namespace) -> int:
     from swiftdet.config.core import load_config
 
     cfg = load_config(args.config, args.overrides)
-    eps = torchvision_norm_eps(cfg)
-    if eps is not None and not any(o.split("=", 1)[0] == "model.backbone.norm_eps" for o in args.overrides):
-        cfg.model.backbone.norm_eps = eps
-        print(f"FrozenBN eps {eps:g}, as torchvision runs its COCO files of this architecture (for a model you "
-              f"trained in torchvision from ImageNet weights give model.backbone.norm_eps=1e-5).")
-    meta = convert_torchvision(args.input, args.output, cfg, allow_pickle=args.allow_pickle)
+    # An eps given on the command line is the user's; otherwise torchvision's for the file.
+    given = any(o.split("=", 1)[0] == "model.backbone.norm_eps" for o in args.overrides)
+    meta = convert_torchvision(args.input, args.output, cfg, allow_pickle=args.allow_pickle, torchvision_eps=not given)
     classes = "COCO class names and ids" if "class_names" in meta else "no class names (num_classes != 80)"
     print(f"Wrote {args.output}: {cfg.model.arch} weights for config '{args.config}', with {classes}.")
     return 0

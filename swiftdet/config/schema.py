@@ -37,7 +37,8 @@ def _check(cond: bool, message: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Which fields of model.backbone belong to one network only: set (changed from the default) with
 # another model.backbone.name they would be silently unused, so validation refuses them.
-_RESNET_ONLY = ("depth", "groups", "width_per_group", "style")
+_RESNET_ONLY = ("depth", "groups", "width_per_group", "style", "stem_out_channels", "res2_out_channels", "res5_dilation",
+                "deform_on_per_stage", "deform_modulated", "deform_num_groups")
 _MOBILENET_ONLY = ("reduced_tail", "dilated", "norm_momentum")
 
 
@@ -54,6 +55,17 @@ class ResNetConfig(Section):
     width_per_group: PositiveInt = 64  # 8 for X-101 32x8d
     # torchvision: stride on the 3x3 conv; caffe (MSRA/Detectron): stride on the first 1x1 conv.
     style: Literal["torchvision", "caffe"] = "torchvision"
+    # Widths (detectron2's RESNETS.STEM_OUT_CHANNELS / RES2_OUT_CHANNELS): each later stage doubles
+    # res2's output; the bottleneck width of stage k is groups * width_per_group * 2**(k - 2).
+    stem_out_channels: PositiveInt = 64
+    res2_out_channels: PositiveInt = 256
+    # 2: res5 keeps stride 16 and dilates its 3x3 convs by 2 (detectron2's DC5 models).
+    res5_dilation: Literal[1, 2] = 1
+    # Deformable 3x3 convs (torchvision's deform_conv2d) in the bottlenecks of res2..res5; v2
+    # (modulated) when deform_modulated; offsets predicted by each block's conv2_offset.
+    deform_on_per_stage: tuple[bool, bool, bool, bool] = (False, False, False, False)
+    deform_modulated: bool = False
+    deform_num_groups: PositiveInt = 1
     norm: NormName = "FrozenBN"
     # Freeze the first k stages. ResNet (0..5): 0 trains everything, 1 freezes the stem, k>=2 also
     # res2..res{k}. MobileNetV3 (0..6): stages start at blocks 0, 2, 4, 7, 13, 16 (torchvision's
@@ -116,6 +128,8 @@ class ResNetConfig(Section):
         valid = {"stem", "res2", "res3", "res4", "res5"}
         bad = [f for f in self.out_features if f not in valid]
         _check(not bad, f"model.backbone.out_features has unknown names {bad}; valid: {sorted(valid)}.")
+        _check(not (self.depth in (18, 34) and (self.res5_dilation != 1 or any(self.deform_on_per_stage))),
+               "model.backbone.res5_dilation and deform_on_per_stage need a bottleneck ResNet (depth 50, 101 or 152).")
 
 
 @dataclass
@@ -133,6 +147,9 @@ class AnchorConfig(Section):
     # One tuple of sizes per feature level, in input pixels.
     sizes: tuple[tuple[PositiveFloat, ...], ...] = ((32.0,), (64.0,), (128.0,), (256.0,), (512.0,))
     aspect_ratios: tuple[PositiveFloat, ...] = (0.5, 1.0, 2.0)
+    # Anchor centres at (i + offset) * stride: detectron2's ANCHOR_GENERATOR.OFFSET (model.convention
+    # 'detectron2' only; torchvision's anchors have none).
+    offset: Annotated[float, Range(0, 1, high_open=True)] = 0.0
 
 
 @dataclass
@@ -169,6 +186,8 @@ class BoxHeadConfig(Section):
     fc_dim: PositiveInt = 1024
     conv_dim: PositiveInt = 256
     norm: Literal["", "BN", "GN"] = ""
+    # One box regression for all classes (4 outputs) instead of one per class (Cascade R-CNN's stages).
+    cls_agnostic_bbox_reg: bool = False
     fg_iou_thresh: Probability = 0.5
     bg_iou_thresh: Probability = 0.5
     batch_size_per_image: PositiveInt = 512
@@ -178,6 +197,24 @@ class BoxHeadConfig(Section):
     score_thresh: Probability = 0.05
     nms_thresh: Probability = 0.5
     detections_per_image: PositiveInt = 100
+
+
+@dataclass
+class CascadeConfig(Section):
+    """``model.cascade``: Cascade R-CNN's box stages (0 stages: a plain R-CNN box head). Stage k
+    trains on the boxes of stage k - 1 with foreground IoU ious[k] and regresses with
+    box_reg_weights[k]; at test time the class scores of all stages are averaged."""
+
+    num_stages: NonNegativeInt = 0
+    ious: tuple[Probability, ...] = (0.5, 0.6, 0.7)
+    box_reg_weights: tuple[tuple[PositiveFloat, PositiveFloat, PositiveFloat, PositiveFloat], ...] = (
+        (10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
+
+    def validate(self) -> None:
+        _check(self.num_stages != 1, "model.cascade.num_stages=1 is a plain R-CNN: use 0 (no cascade) or 2 and more.")
+        _check(self.num_stages == 0 or len(self.ious) == len(self.box_reg_weights) == self.num_stages,
+               f"model.cascade: {self.num_stages} stages need as many ious (got {len(self.ious)}) and box_reg_weights "
+               f"(got {len(self.box_reg_weights)}).")
 
 
 @dataclass
@@ -281,13 +318,25 @@ class SSDConfig(Section):
 
 @dataclass
 class ModelConfig(Section):
-    arch: Literal["rcnn", "retinanet", "fcos", "ssd"] = "rcnn"
+    # 'rpn': the region proposal network alone; its proposals are the output (evaluated by AR).
+    arch: Literal["rcnn", "retinanet", "fcos", "ssd", "rpn"] = "rcnn"
+    # Whose numerical conventions the model follows, so that weights trained there give the same
+    # outputs here. 'torchvision': rounded anchors (ratio-major), (x/255 - mean/255) / (std/255),
+    # FPN level rule with +1e-6, tiny boxes removed before NMS, torchvision's mask pasting and
+    # keypoint scores. 'detectron2': unrounded anchors (size-major, model.rpn.anchors.offset),
+    # (x - mean) / std, detectron2's level rule, box filtering, mask pasting (no box padding) and
+    # keypoint scores (heatmap softmax), RetinaNet boxes clipped after NMS.
+    convention: Literal["torchvision", "detectron2"] = "torchvision"
     # Foreground classes; the only place this number is stated. 0: not given, training takes it from
     # data.train's categories (and the run's config.yaml and checkpoints hold the number it took).
     num_classes: NonNegativeInt = 0
     mask_on: bool = False
-    # 'fpn': FPN features for RPN and RoI heads; 'c4': RPN on res4 and res5 as the RoI box head.
-    layout: Literal["fpn", "c4"] = "fpn"
+    # 'fpn': FPN features for RPN and RoI heads; 'c4': RPN on res4 and res5 as the RoI box head;
+    # 'single': RPN and RoI heads on one backbone feature (detectron2's DC5: res5 with res5_dilation=2).
+    layout: Literal["fpn", "c4", "single"] = "fpn"
+    # Where the R-CNN's proposals come from: its RPN, or a file of precomputed proposals
+    # (data.train.proposals / data.test.proposals; Fast R-CNN).
+    proposals: Literal["rpn", "file"] = "rpn"
     # Per-channel normalisation of 0-255 input pixels in input_format order.
     # torchvision weights: RGB, mean/std of ImageNet in 0-255; caffe weights: BGR, std 1.
     input_format: Literal["RGB", "BGR"] = "RGB"
@@ -300,6 +349,7 @@ class ModelConfig(Section):
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     keypoint_on: bool = False
     keypoint_head: KeypointHeadConfig = field(default_factory=KeypointHeadConfig)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
     retinanet: RetinaNetConfig = field(default_factory=RetinaNetConfig)
     fcos: FCOSConfig = field(default_factory=FCOSConfig)
     ssd: SSDConfig = field(default_factory=SSDConfig)
@@ -317,6 +367,15 @@ class ModelConfig(Section):
                f"not '{self.backbone.name}'.")
         _check(self.backbone.name != "vgg16" or self.arch == "ssd",
                f"model.backbone.name 'vgg16' serves model.arch 'ssd' only (got '{self.arch}').")
+        _check(self.layout in ("fpn", "c4") or self.arch == "rcnn", "model.layout 'single' exists only for arch 'rcnn'.")
+        _check(self.cascade.num_stages == 0 or (self.arch == "rcnn" and self.layout == "fpn"),
+               "model.cascade needs arch 'rcnn' with layout 'fpn'.")
+        _check(self.proposals == "rpn" or self.arch == "rcnn", "model.proposals 'file' needs arch 'rcnn' (Fast R-CNN).")
+        _check(self.convention == "detectron2" or self.rpn.anchors.offset == 0.0,
+               "model.rpn.anchors.offset is detectron2's ANCHOR_GENERATOR.OFFSET: set model.convention=detectron2 or leave it 0.")
+        _check(self.convention == "detectron2" or self.retinanet.anchors.offset == 0.0,
+               "model.retinanet.anchors.offset is detectron2's ANCHOR_GENERATOR.OFFSET: set model.convention=detectron2 or "
+               "leave it 0.")
         _check(not (self.keypoint_on and (self.arch != "rcnn" or self.layout != "fpn")),
                f"model.keypoint_on needs arch 'rcnn' with layout 'fpn' (got '{self.arch}', '{self.layout}').")
 
@@ -367,6 +426,8 @@ class InputConfig(Section):
 class DatasetSpec(Section):
     json: str = ""  # COCO-format annotation file
     image_root: str = ""  # folder the json's file_name entries are relative to
+    # Precomputed proposals for model.proposals='file' (detectron2's or mmdetection's proposal file).
+    proposals: str = ""
 
 
 @dataclass

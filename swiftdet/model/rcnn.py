@@ -160,7 +160,7 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
         k,
         box_pooler,
         box_head,
-        BoxPredictor(box_head.out_dim, k),
+        BoxPredictor(box_head.out_dim, k, bh.cls_agnostic_bbox_reg),
         BoxCoder(bh.box_reg_weights),
         Matcher(bh.fg_iou_thresh, bh.bg_iou_thresh, allow_low_quality_matches=False),
         BalancedPositiveNegativeSampler(bh.batch_size_per_image, bh.positive_fraction),

@@ -129,12 +129,14 @@ class Res5BoxHead(nn.Module):
 
 
 class BoxPredictor(nn.Module):
-    """Class scores over num_classes + 1 (background first) and class-specific box deltas."""
+    """Class scores over num_classes + 1 (background first) and box deltas: class-specific over the
+    same K + 1 slots, or one class-agnostic regression (``cls_agnostic``, 4 outputs)."""
 
-    def __init__(self, in_dim: int, num_classes: int):
+    def __init__(self, in_dim: int, num_classes: int, cls_agnostic: bool = False):
         super().__init__()
+        self.cls_agnostic = cls_agnostic
         self.cls_score = nn.Linear(in_dim, num_classes + 1)
-        self.bbox_pred = nn.Linear(in_dim, (num_classes + 1) * 4)
+        self.bbox_pred = nn.Linear(in_dim, 4 if cls_agnostic else (num_classes + 1) * 4)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
@@ -293,7 +295,8 @@ class RoIHeads(nn.Module):
         gt_boxes = torch.cat([t.boxes.tensor.to(p.dtype)[m] if len(t) else torch.zeros_like(p) for t, p, m in zip(targets, props, matched)])
         props_all = torch.cat(props)
         reg_targets = self.box_coder.encode(gt_boxes[pos], props_all[pos])
-        deltas = box_deltas.view(box_deltas.shape[0], -1, 4)[pos, pos_labels]
+        deltas = box_deltas.view(box_deltas.shape[0], -1, 4)
+        deltas = deltas[pos, 0] if self.box_predictor.cls_agnostic else deltas[pos, pos_labels]
         loss_box = F.smooth_l1_loss(deltas, reg_targets, beta=self.smooth_l1_beta, reduction="sum") / max(labels_all.numel(), 1)
         losses = {"loss_cls": loss_cls, "loss_box": loss_box}
         if self.mask_on:
@@ -371,14 +374,31 @@ class RoIHeads(nn.Module):
         features = {k: v.contiguous() for k, v in features.items()}
         # A traced RPN gives the batch's (P, 5) rois at once (a list would fix the batch size).
         rois = proposals if isinstance(proposals, Tensor) else _boxes_to_rois(proposals)
+        probs, boxes = self._predict(features, rois, image_sizes)
+        return self._detections(features, rois, probs, boxes, image_sizes)
+
+    def _predict(self, features: dict[str, Tensor], rois: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor]:
+        """Class probabilities (R, K + 1) and decoded, clipped boxes (R, K + 1, 4) of (R, 5) rois
+        (class-agnostic regression: the same box in every slot)."""
         image_of_roi = rois[:, 0].to(torch.int64)
         class_logits, box_deltas = self.box_predictor(self.box_head(self.box_pooler.pool(features, rois)))
-        num_slots = class_logits.shape[1]
-        boxes = self.box_coder.decode(box_deltas, rois[:, 1:]).view(-1, num_slots, 4)
-        boxes = clip_boxes(boxes, image_sizes[image_of_roi][:, None, :])[:, 1:].reshape(-1, 4)
-        scores = F.softmax(class_logits, dim=-1)[:, 1:].reshape(-1)
+        boxes = self.box_coder.decode(box_deltas, rois[:, 1:]).view(rois.shape[0], -1, 4)
+        boxes = clip_boxes(boxes, image_sizes[image_of_roi][:, None, :])
+        if boxes.shape[1] == 1:
+            boxes = boxes.expand(-1, class_logits.shape[1], 4)
+        return F.softmax(class_logits, dim=-1), boxes
+
+    def _detections(
+        self, features: dict[str, Tensor], rois: Tensor, probs: Tensor, boxes: Tensor, image_sizes: Tensor
+    ) -> dict[str, Tensor]:
+        """Raw detections from per-roi class probabilities (R, K + 1) and boxes (R, K + 1, 4):
+        score threshold, per-class NMS per image, top-k, then the mask and keypoint heads."""
+        image_of_roi = rois[:, 0].to(torch.int64)
+        num_slots = probs.shape[1]
+        boxes = boxes[:, 1:].reshape(-1, 4)
+        scores = probs[:, 1:].reshape(-1)
         # 1-based during NMS (the same class ids torchvision feeds batched_nms), 0-based after.
-        labels = torch.arange(1, num_slots, device=scores.device).repeat(class_logits.shape[0])
+        labels = torch.arange(1, num_slots, device=scores.device).repeat(probs.shape[0])
         image_idx = image_of_roi.repeat_interleave(num_slots - 1)
         wh = boxes[:, 2:] - boxes[:, :2]
         cand = torch.nonzero((scores > self.score_thresh) & (wh >= 1e-2).all(dim=1)).squeeze(1)

@@ -1,16 +1,19 @@
 """Small building blocks shared by the detectors: norm layers by name, conv + norm + activation,
-and folding of frozen norms into the preceding convs for inference (:func:`fuse_conv_bn`)."""
+deformable convolution (:class:`DeformConv2d`), weight-standardised convolution
+(:func:`use_weight_standardization`) and folding of frozen norms into the preceding convs for
+inference (:func:`fuse_conv_bn`)."""
 from __future__ import annotations
 
 import copy
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, deform_conv2d
 
 from swiftdet.errors import InputError
 
-__all__ = ["ConvNormAct", "FoldedNorm", "fuse_conv_bn", "fuse_for_inference", "get_norm", "is_fused"]
+__all__ = ["ConvNormAct", "DeformConv2d", "FoldedNorm", "WSConv2d", "fuse_conv_bn", "fuse_for_inference", "get_norm",
+           "is_fused", "standardize_weight", "use_weight_standardization"]
 
 
 def get_norm(name: str, channels: int, eps: float = 1e-5) -> nn.Module | None:
@@ -65,6 +68,80 @@ class ConvNormAct(nn.Module):
         if self.activation:
             x = x.relu_()
         return x
+
+
+def standardize_weight(weight: Tensor, eps: float = 1e-5) -> Tensor:
+    """``weight`` (C_out, ...) minus its per-output-channel mean, divided by that channel's standard
+    deviation plus ``eps``: mmcv's ``conv_ws_2d`` (``Tensor.std``, i.e. with Bessel's correction,
+    and eps added to the std, not to the variance)."""
+    flat = weight.reshape(weight.shape[0], -1)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    mean = flat.mean(dim=1).reshape(shape)
+    std = flat.std(dim=1, unbiased=True).reshape(shape)
+    return (weight - mean) / (std + eps)
+
+
+class WSConv2d(nn.Conv2d):
+    """Conv2d whose weight is standardised (:func:`standardize_weight`) at every call: mmcv's
+    ``ConvWS2d`` of mmdetection's GN+WS models. The stored ``weight`` is the raw parameter."""
+
+    ws_eps = 1e-5
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, standardize_weight(self.weight, self.ws_eps), self.bias)
+
+
+class DeformConv2d(nn.Module):
+    """Deformable 3x3 convolution (v1, or v2 with ``modulated``) run by torchvision's ``deform_conv2d``.
+
+    ``forward(x, offset_out)`` takes the (B, C_in, H, W) input and the raw output of the offset
+    conv that predicts the sampling positions, (B, 2 * G * k * k, H', W') for v1 or
+    (B, 3 * G * k * k, H', W') for v2 (G = ``offset_groups``). v2 splits it as detectron2 does: the
+    first 2 * G * k * k channels are the offsets ((dy, dx) pairs per kernel tap, torchvision's and
+    detectron2's layout), the last G * k * k the mask logits, passed through a sigmoid.
+    Holds ``weight`` (C_out, C_in / groups, k, k) and ``bias`` (None unless a norm was folded in).
+    ``weight_standardization`` standardises the weight at every call (:func:`standardize_weight`).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        offset_groups: int = 1,
+        modulated: bool = False,
+    ):
+        super().__init__()
+        if in_channels % groups or out_channels % groups or in_channels % offset_groups:
+            raise ValueError(f"DeformConv2d: {in_channels} input / {out_channels} output channels do not divide into "
+                             f"{groups} groups and {offset_groups} offset groups")
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size, kernel_size))
+        self.register_parameter("bias", None)
+        nn.init.kaiming_uniform_(self.weight, nonlinearity="relu")
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.groups, self.offset_groups, self.modulated = groups, offset_groups, modulated
+        self.weight_standardization = False
+
+    def deform(self, x: Tensor, offset: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B, C_out, H', W') from explicit offsets (B, 2Gkk, H', W') and optional mask (B, Gkk, H', W')."""
+        weight = standardize_weight(self.weight) if self.weight_standardization else self.weight
+        return deform_conv2d(x, offset, weight, self.bias, stride=self.stride, padding=self.padding,
+                             dilation=self.dilation, mask=mask)
+
+    def forward(self, x: Tensor, offset_out: Tensor) -> Tensor:
+        if not self.modulated:
+            return self.deform(x, offset_out)
+        taps = self.offset_groups * self.weight.shape[2] * self.weight.shape[3]
+        return self.deform(x, offset_out[:, : 2 * taps], offset_out[:, 2 * taps :].sigmoid())
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={self.weight.shape[2]}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"offset_groups={self.offset_groups}, modulated={self.modulated}")
 
 
 class FoldedNorm(nn.Module):
@@ -123,6 +200,40 @@ def _conv_norm_pairs(module: nn.Module) -> list[tuple[str, str]]:
     return list(getattr(module, "conv_norm_pairs", ()))
 
 
+@torch.no_grad()
+def use_weight_standardization(model: nn.Module) -> nn.Module:
+    """Make every conv directly followed by a GroupNorm in ``model`` weight-standardised, in place
+    (mmdetection's GN+WS models: ConvWS wherever the norm is GN); returns ``model``.
+
+    A Conv2d becomes a :class:`WSConv2d` holding the same parameter objects (names and values
+    unchanged); a :class:`DeformConv2d` standardises its weight. Pairs are those that
+    :func:`fuse_conv_bn` folds (Sequential order, or a module's ``conv_norm_pairs``).
+    """
+    for module in list(model.modules()):
+        for conv_name, norm_name in _conv_norm_pairs(module):
+            conv, norm = getattr(module, conv_name), getattr(module, norm_name)
+            if not isinstance(norm, nn.GroupNorm):
+                continue
+            if isinstance(conv, DeformConv2d):
+                conv.weight_standardization = True
+            elif type(conv) is nn.Conv2d:
+                ws = WSConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                              dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                              padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
+                ws.weight = conv.weight
+                ws.bias = conv.bias
+                setattr(module, conv_name, ws)
+    return model
+
+
+def _folds_into(conv: nn.Module) -> bool:
+    """Whether a per-channel scale and shift after ``conv`` can be folded into its weight and bias
+    (not for a standardised weight: the standardisation would undo the scale)."""
+    if isinstance(conv, DeformConv2d):
+        return not conv.weight_standardization
+    return isinstance(conv, nn.Conv2d) and not isinstance(conv, WSConv2d)
+
+
 def is_fused(model: nn.Module) -> bool:
     """Whether ``model`` went through :func:`fuse_conv_bn` (it holds FoldedNorm layers)."""
     return any(isinstance(m, FoldedNorm) for m in model.modules())
@@ -131,7 +242,8 @@ def is_fused(model: nn.Module) -> bool:
 @torch.no_grad()
 def fuse_conv_bn(model: nn.Module) -> nn.Module:
     """A copy of ``model`` for inference, with every FrozenBatchNorm2d / BatchNorm2d that directly
-    follows a Conv2d folded into that conv's weight and bias. ``model`` itself is left untouched.
+    follows a Conv2d or DeformConv2d folded into that conv's weight and bias (not into a weight-standardised conv).
+    ``model`` itself is left untouched.
 
     The copy is in eval mode; its folded norms are replaced by :class:`FoldedNorm`, which refuses to
     run in training mode. GroupNorm cannot be folded (its statistics depend on the input) and stays.
@@ -152,7 +264,7 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
     for module in list(fused.modules()):
         for conv_name, norm_name in _conv_norm_pairs(module):
             conv, norm = getattr(module, conv_name), getattr(module, norm_name)
-            if isinstance(conv, nn.Conv2d) and norm is not None and _foldable(norm):
+            if _folds_into(conv) and norm is not None and _foldable(norm):
                 _fold(conv, norm)
                 setattr(module, norm_name, FoldedNorm())
     return fused.eval()

@@ -130,6 +130,14 @@ def test_every_config_field_is_read(synth, tmp_path):
             ("ssdlite320_MV3", ["input.fixed_size=[64,64]"]),
             ("keypoint_rcnn_R_50_FPN_1x", [*TINY_RCNN, "model.num_classes=2", "model.keypoint_head.conv_dim=16",
                                            "model.keypoint_head.num_convs=1"]),
+            ("cascade_mask_rcnn_R_50_FPN_1x", [*TINY_RCNN, "model.mask_on=false"]),
+            ("d2_mask_rcnn_R_50_FPN_1x_dconv_c3_c5", [*TINY_RCNN[1:], "model.backbone.stem_out_channels=8",
+                                                      "model.backbone.res2_out_channels=16", "model.backbone.width_per_group=4",
+                                                      "model.rpn.anchors.offset=0.5", "model.backbone.deform_modulated=true",
+                                                      "model.mask_on=false"]),
+            ("d2_faster_rcnn_R_50_DC5_1x", [*TINY_RCNN[1:], "model.backbone.stem_out_channels=8",
+                                            "model.backbone.res2_out_channels=16", "model.backbone.width_per_group=4"]),
+            ("d2_rpn_R_50_FPN_1x", [*TINY_RCNN[:8]]),
         ]:
             cfg = load_config(name, overrides)
             model, _ = build_model_with_weights(cfg)

@@ -56,7 +56,8 @@ class ResNetConfig(Section):
     # torchvision: stride on the 3x3 conv; caffe (MSRA/Detectron): stride on the first 1x1 conv.
     style: Literal["torchvision", "caffe"] = "torchvision"
     # Widths (detectron2's RESNETS.STEM_OUT_CHANNELS / RES2_OUT_CHANNELS): each later stage doubles
-    # res2's output; the bottleneck width of stage k is groups * width_per_group * 2**(k - 2).
+    # res2's output; the bottleneck width of stage k is groups * width_per_group * 2**(k - 2)
+    # (bottleneck ResNets: ResNet-18/34's basic blocks keep 64 * 2**(k - 2)). With norm GN all are multiples of 32.
     stem_out_channels: PositiveInt = 64
     res2_out_channels: PositiveInt = 256
     # 2: res5 keeps stride 16 and dilates its 3x3 convs by 2 (detectron2's DC5 models).
@@ -130,6 +131,23 @@ class ResNetConfig(Section):
         _check(not bad, f"model.backbone.out_features has unknown names {bad}; valid: {sorted(valid)}.")
         _check(not (self.depth in (18, 34) and (self.res5_dilation != 1 or any(self.deform_on_per_stage))),
                "model.backbone.res5_dilation and deform_on_per_stage need a bottleneck ResNet (depth 50, 101 or 152).")
+        _check(not (self.depth in (18, 34) and self.res2_out_channels != ResNetConfig().res2_out_channels),
+               "ResNet-18/34 use basic blocks whose res2 outputs 64 channels: leave model.backbone.res2_out_channels "
+               "at its default (it sets the bottleneck ResNets' widths).")
+        _check(any(self.deform_on_per_stage) or (not self.deform_modulated and self.deform_num_groups == 1),
+               "model.backbone.deform_modulated and deform_num_groups apply to deformable stages: set "
+               "model.backbone.deform_on_per_stage (res2..res5), or leave them at their defaults.")
+        _check(not any(self.deform_on_per_stage) or (self.groups * self.width_per_group) % self.deform_num_groups == 0,
+               f"model.backbone.deform_num_groups={self.deform_num_groups} must divide the bottleneck width groups * "
+               f"width_per_group = {self.groups * self.width_per_group}.")
+        if self.norm == "GN":  # GroupNorm(32, C) needs C divisible by 32 in every normalised layer
+            widths = {"stem_out_channels": self.stem_out_channels}
+            if self.depth not in (18, 34):
+                widths.update(res2_out_channels=self.res2_out_channels,
+                              bottleneck_width=self.groups * self.width_per_group)
+            bad = [f"{k}={v}" for k, v in widths.items() if v % 32]
+            _check(not bad, f"model.backbone.norm 'GN' has 32 groups: {', '.join(bad)} must be multiples of 32 "
+                            "(bottleneck_width = groups * width_per_group).")
 
 
 @dataclass
@@ -334,9 +352,6 @@ class ModelConfig(Section):
     # 'fpn': FPN features for RPN and RoI heads; 'c4': RPN on res4 and res5 as the RoI box head;
     # 'single': RPN and RoI heads on one backbone feature (detectron2's DC5: res5 with res5_dilation=2).
     layout: Literal["fpn", "c4", "single"] = "fpn"
-    # Where the R-CNN's proposals come from: its RPN, or a file of precomputed proposals
-    # (data.train.proposals / data.test.proposals; Fast R-CNN).
-    proposals: Literal["rpn", "file"] = "rpn"
     # Per-channel normalisation of 0-255 input pixels in input_format order.
     # torchvision weights: RGB, mean/std of ImageNet in 0-255; caffe weights: BGR, std 1.
     input_format: Literal["RGB", "BGR"] = "RGB"
@@ -355,9 +370,23 @@ class ModelConfig(Section):
     ssd: SSDConfig = field(default_factory=SSDConfig)
     # Checkpoint of the whole model (ours, or converted) loaded at build time; "" for none.
     weights: str = ""
+    # mmdetection's GN+WS models: every conv followed by a GroupNorm (backbone, FPN, box-head and
+    # mask-head convs) standardises its weight per output channel (mmcv's ConvWS2d).
+    weight_standardization: bool = False
 
     def validate(self) -> None:
         _check(not (self.mask_on and self.arch != "rcnn"), f"model.mask_on needs arch 'rcnn' (got '{self.arch}').")
+        gn = [k for k, on in (("model.backbone.norm", self.backbone.norm == "GN" and self.backbone.name == "resnet"),
+                              ("model.fpn.norm", self.fpn.norm == "GN" and self.layout == "fpn"),
+                              ("model.box_head.norm", self.box_head.norm == "GN" and self.box_head.head == "4conv1fc"),
+                              ("model.mask_head.norm", self.mask_head.norm == "GN" and self.mask_on)) if on]
+        _check(not self.weight_standardization or (self.arch == "rcnn" and gn),
+               "model.weight_standardization standardises the convs followed by a GroupNorm of an R-CNN: it needs "
+               "arch 'rcnn' and norm 'GN' in model.backbone (ResNet), model.fpn, model.box_head (head '4conv1fc') or "
+               "model.mask_head (with mask_on).")
+        _check(not (self.layout == "c4" and (self.backbone.res5_dilation != 1 or self.backbone.deform_on_per_stage[3])),
+               "model.layout 'c4' runs res5 as the RoI head on pooled regions, with stride 2 and plain convs: "
+               "model.backbone.res5_dilation must be 1 and deform_on_per_stage[3] false.")
         _check(self.layout == "fpn" or self.arch == "rcnn", "model.layout 'c4' exists only for arch 'rcnn'.")
         # RetinaNet and FCOS build a ResNet trunk; the MobileNetV3 trunk is wired into R-CNN (FPN layout).
         _check(self.backbone.name != "mobilenet_v3_large" or (self.arch == "rcnn" and self.layout == "fpn") or self.arch == "ssd",
@@ -370,7 +399,6 @@ class ModelConfig(Section):
         _check(self.layout in ("fpn", "c4") or self.arch == "rcnn", "model.layout 'single' exists only for arch 'rcnn'.")
         _check(self.cascade.num_stages == 0 or (self.arch == "rcnn" and self.layout == "fpn"),
                "model.cascade needs arch 'rcnn' with layout 'fpn'.")
-        _check(self.proposals == "rpn" or self.arch == "rcnn", "model.proposals 'file' needs arch 'rcnn' (Fast R-CNN).")
         _check(self.convention == "detectron2" or self.rpn.anchors.offset == 0.0,
                "model.rpn.anchors.offset is detectron2's ANCHOR_GENERATOR.OFFSET: set model.convention=detectron2 or leave it 0.")
         _check(self.convention == "detectron2" or self.retinanet.anchors.offset == 0.0,
@@ -426,8 +454,6 @@ class InputConfig(Section):
 class DatasetSpec(Section):
     json: str = ""  # COCO-format annotation file
     image_root: str = ""  # folder the json's file_name entries are relative to
-    # Precomputed proposals for model.proposals='file' (detectron2's or mmdetection's proposal file).
-    proposals: str = ""
 
 
 @dataclass

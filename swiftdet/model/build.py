@@ -10,6 +10,10 @@ from swiftdet.errors import ConfigError
 def build_model(cfg: ModelConfig, *, size_divisibility: int = 32) -> nn.Module:
     """The detector described by ``cfg`` (weights not loaded; see swiftdet.weights), padding its
     batches to multiples of ``size_divisibility`` (a run's ``input.size_divisibility``)."""
+    if cfg.arch == "rpn":  # proposals have no classes: num_classes only checks training labels (0: any)
+        from swiftdet.model.proposal_network import build_proposal_network
+
+        return build_proposal_network(cfg, size_divisibility)
     if cfg.num_classes == 0:
         # 0 means "from the training data": training fills it in before building; anything else
         # (eval, predict, convert with a bare state_dict) has no data to take it from.

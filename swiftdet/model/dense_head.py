@@ -187,6 +187,8 @@ def batched_detections(
     num_classes: int,
     nms_thresh: float,
     detections_per_image: int,
+    *,
+    clip_before_nms: bool = True,
 ) -> dict[str, Tensor]:
     """Clip, class-wise NMS per image, and keep each image's ``detections_per_image`` best.
 
@@ -194,11 +196,15 @@ def batched_detections(
         boxes: (P, 4) decoded candidate boxes of all images.
         scores, labels, batch_idx: (P,) each candidate's score, class and image.
         image_sizes: (B, 2) int64 (h, w) per image, the clipping bounds.
+        clip_before_nms: True: NMS sees the clipped boxes (torchvision); False: NMS and the cap
+            see the decoded boxes and only the kept ones are clipped (detectron2's RetinaNet).
     Returns:
         raw detections (see swiftdet.model.detector): boxes, scores, labels, num_detections.
     """
-    boxes = clip_boxes(boxes, image_sizes[batch_idx])
+    if clip_before_nms:
+        boxes = clip_boxes(boxes, image_sizes[batch_idx])
     keep, counts = per_image_nms(
         boxes, scores, labels, batch_idx, image_sizes.shape[0], num_classes, nms_thresh, detections_per_image
     )
-    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "num_detections": counts}
+    kept_boxes = boxes[keep] if clip_before_nms else clip_boxes(boxes[keep], image_sizes[batch_idx[keep]])
+    return {"boxes": kept_boxes, "scores": scores[keep], "labels": labels[keep], "num_detections": counts}

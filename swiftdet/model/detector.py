@@ -45,6 +45,7 @@ def shell_settings(cfg: ModelConfig, size_divisibility: int = 32) -> dict:
         input_format=cfg.input_format,
         size_divisibility=size_divisibility,
         mask_threshold=cfg.mask_head.mask_threshold,
+        convention=cfg.convention,
     )
 
 
@@ -115,7 +116,10 @@ class Detector(nn.Module, ABC):
         pixel_mean, pixel_std: per-channel normalisation of 0-255 pixels, in ``input_format`` order.
         input_format: "RGB" or "BGR": the channel order the weights expect (inputs are RGB).
         size_divisibility: the batch is padded to multiples of this.
-        mask_threshold: a pasted mask pixel is foreground where its probability exceeds this.
+        mask_threshold: a pasted mask pixel is foreground where its probability exceeds this
+            (detectron2's convention: is at least this).
+        convention: "torchvision" or "detectron2": whose normalisation and mapping back to the
+            original image (mask pasting, removal of boxes clipped to nothing) the shell follows.
     """
 
     def __init__(
@@ -127,10 +131,14 @@ class Detector(nn.Module, ABC):
         input_format: str = "RGB",
         size_divisibility: int = 32,
         mask_threshold: float = 0.5,
+        convention: str = "torchvision",
     ):
         super().__init__()
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}")
+        if convention not in ("torchvision", "detectron2"):
+            raise ValueError(f"convention must be 'torchvision' or 'detectron2', got {convention!r}")
+        self.convention = convention
         self.num_classes = num_classes
         self.input_format = input_format
         self.size_divisibility = size_divisibility
@@ -190,9 +198,12 @@ class Detector(nn.Module, ABC):
 
     def normalize(self, images: Tensor) -> Tensor:
         """(..., 3, H, W) float32 RGB 0-255 -> the network's input: channels in ``input_format``
-        order, ``(x / 255 - mean / 255) / (std / 255)`` (see :meth:`preprocess`; export uses it too)."""
+        order, ``(x / 255 - mean / 255) / (std / 255)`` (see :meth:`preprocess`; export uses it too).
+        detectron2's convention: ``(x - mean) / std`` in 0-255 units, its float32 operations."""
         if self.input_format == "BGR":
             images = images.flip(-3)
+        if self.convention == "detectron2":
+            return (images - self.pixel_mean.float()) / self.pixel_std.float()
         mean = (self.pixel_mean / 255.0).float()
         std = (self.pixel_std / 255.0).float()
         return (images / 255.0 - mean) / std
@@ -212,7 +223,7 @@ class Detector(nn.Module, ABC):
         per-axis ratios as torchvision does, masks pasted with those boxes, boxes clipped."""
         out = []
         for r, orig in zip(results, images.original_sizes):
-            r = postprocess_instances(r, tuple(orig), self.mask_threshold)
+            r = postprocess_instances(r, tuple(orig), self.mask_threshold, self.convention)
             out.append(r.with_fields(boxes=r.boxes.clip(r.image_size)))
         return out
 

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from swiftdet.config.schema import ModelConfig
+from swiftdet.errors import ConfigError
 from swiftdet.model.anchors import AnchorGenerator
 from swiftdet.model.backbone import FPN, ResNet
 from swiftdet.model.dense_head import (
@@ -256,6 +257,11 @@ class FCOS(Detector):
 def build_fcos(cfg: ModelConfig, size_divisibility: int = 32) -> FCOS:
     """FCOS described by ``cfg`` (``cfg.arch == "fcos"``), randomly initialised."""
     fc = cfg.fcos
+    if cfg.convention != "torchvision":
+        raise ConfigError(
+            f"model.convention '{cfg.convention}' is not available for arch 'fcos': detectron2's model zoo has no "
+            "FCOS, so FCOS follows torchvision's conventions only; set model.convention=torchvision."
+        )
     backbone, fpn = build_backbone_and_fpn(cfg, fc.in_features, "fcos")
     # One point per location whose square "anchor" has the level's stride as its side.
     strides = [fpn.output_shape()[f][1] for f in fc.in_features]

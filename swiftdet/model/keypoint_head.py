@@ -11,7 +11,10 @@ every counted keypoint.
 
 Inference (torchvision's ``heatmaps_to_keypoints``): each RoI's heatmaps are resized bicubically
 to the box's size rounded up, the arg-max cell's centre mapped back to the image gives x, y, and the
-resized heatmap's value there is the keypoint's score (a logit, not a probability).
+resized heatmap's value there is the keypoint's score (a logit, not a probability). detectron2's
+``heatmaps_to_keypoints`` finds the same x, y; its score is the softmax-normalised value there:
+exp(0) over the sum of exp(heatmap - max) across the S x S map (not the resized one), so it may
+exceed 1.
 """
 from __future__ import annotations
 
@@ -88,8 +91,9 @@ def keypoint_loss(logits: Tensor, rois: Tensor, gt_keypoints: Tensor) -> Tensor:
     return F.cross_entropy(flat[valid], targets.reshape(-1)[valid])
 
 
-def _decode_loop(maps: Tensor, rois: Tensor) -> Tensor:
-    """The per-RoI decoding of :func:`heatmaps_to_keypoints` (TorchScript-compatible)."""
+def _decode_loop(maps: Tensor, rois: Tensor, softmax_score: bool = False) -> Tensor:
+    """The per-RoI decoding of :func:`heatmaps_to_keypoints` (TorchScript-compatible);
+    ``softmax_score``: detectron2's score (module docstring)."""
     num_rois, num_keypoints = maps.shape[0], maps.shape[1]
     widths = (rois[:, 2] - rois[:, 0]).clamp(min=1)
     heights = (rois[:, 3] - rois[:, 1]).clamp(min=1)
@@ -107,7 +111,14 @@ def _decode_loop(maps: Tensor, rois: Tensor) -> Tensor:
         # Cell centres (d + 0.5), scaled from the rounded-up map back to the box's true size.
         out[i, :, 0] = (x_int.float() + 0.5) * (widths[i] / w) + rois[i, 0]
         out[i, :, 1] = (y_int.float() + 0.5) * (heights[i] / h) + rois[i, 1]
-        out[i, :, 2] = roi_map[index, y_int, x_int]
+        if softmax_score:
+            # detectron2's operations: the map's maximum comes from the resized map.
+            peak = roi_map.reshape(num_keypoints, -1).max(dim=1)[0].view(num_keypoints, 1, 1)
+            full = (roi_map - peak).exp()
+            norm = (maps[i] - peak).exp().sum((1, 2), keepdim=True)
+            out[i, :, 2] = (full / norm)[index, y_int, x_int]
+        else:
+            out[i, :, 2] = roi_map[index, y_int, x_int]
     return out
 
 
@@ -116,14 +127,16 @@ def _scripted_decode_loop():
     return torch.jit.script(_decode_loop)
 
 
-def heatmaps_to_keypoints(maps: Tensor, rois: Tensor) -> Tensor:
+def heatmaps_to_keypoints(maps: Tensor, rois: Tensor, convention: str = "torchvision") -> Tensor:
     """(R, K, 3) x, y (image pixels) and score of each keypoint from (R, K, S, S) heatmap logits of
-    the (R, 4) boxes ``rois``, exactly as torchvision's ``heatmaps_to_keypoints`` (module docstring).
+    the (R, 4) boxes ``rois``, exactly as torchvision's ``heatmaps_to_keypoints`` (module docstring);
+    ``convention="detectron2"``: with detectron2's softmax-normalised score.
 
     The resize to each box's own size is a loop over the RoIs whose sizes are values; under
     ``torch.jit.trace`` the loop is recorded as a scripted function, so a trace replays it for
     any number and size of boxes instead of baking in the first input's.
     """
+    softmax_score = convention == "detectron2"
     if torch.jit.is_tracing():
-        return _scripted_decode_loop()(maps, rois)
-    return _decode_loop(maps, rois)
+        return _scripted_decode_loop()(maps, rois, softmax_score)
+    return _decode_loop(maps, rois, softmax_score)

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from swiftdet.structures import Boxes, CroppedMasks, Instances, Keypoints
 
-__all__ = ["paste_masks_in_image", "paste_masks_cropped", "rescale_instances", "postprocess_instances"]
+__all__ = ["paste_masks_in_image", "paste_masks_cropped", "paste_masks_cropped_detectron2", "rescale_instances",
+           "postprocess_instances"]
 
 # PyTorch switches to its channels-last bilinear kernel when output height + width <= this.
 _SMALL_OUTPUT_SUM = 128
@@ -226,6 +227,48 @@ def paste_masks_cropped(
     return CroppedMasks(crops, offsets, (height, width))
 
 
+def paste_masks_cropped_detectron2(
+    masks: Tensor, boxes: Tensor, image_size: tuple[int, int], threshold: float = 0.5
+) -> CroppedMasks:
+    """detectron2's ``paste_masks_in_image`` (its CPU path), each mask kept as the crop it pastes.
+
+    Each (M, M) mask is sampled with ``grid_sample`` (bilinear, zeros outside, align_corners=False)
+    at the image pixel centres (i + 0.5) of the region [floor(x0) - 1, ceil(x1) + 1) x
+    [floor(y0) - 1, ceil(y1) + 1) clipped to the image, mapped to [-1, 1] across the box (no
+    padding, no integer box), and a pixel is foreground where the value is >= ``threshold``.
+    Outside that region detectron2's mask is empty, so the region is the crop.
+
+    Args:
+        masks: (N, 1, M, M) mask probabilities; boxes: (N, 4) xyxy in the image's pixels.
+    """
+    if masks.dim() != 4 or masks.shape[1] != 1 or masks.shape[-1] != masks.shape[-2]:
+        raise ValueError(f"masks must be (N, 1, M, M), got shape {tuple(masks.shape)}")
+    if boxes.shape != (masks.shape[0], 4):
+        raise ValueError(f"boxes must be ({masks.shape[0]}, 4), got shape {tuple(boxes.shape)}")
+    height, width = int(image_size[0]), int(image_size[1])
+    n = masks.shape[0]
+    boxes = boxes.float()
+    lo = (boxes[:, :2].floor() - 1).clamp(min=0)
+    hi = torch.minimum(boxes[:, 2:].ceil() + 1, torch.tensor([width, height], dtype=boxes.dtype, device=boxes.device))
+    lo = torch.minimum(lo, torch.tensor([width, height], dtype=boxes.dtype, device=boxes.device))
+    crops, offsets = [], torch.zeros((n, 2), dtype=torch.int64)
+    # One mask at a time, as detectron2 does on CPU: the grid holds only that mask's region.
+    for i, ((x0i, y0i), (x1i, y1i)) in enumerate(zip(lo.long().tolist(), hi.long().tolist())):
+        x1i, y1i = max(x1i, x0i), max(y1i, y0i)
+        x0, y0, x1, y1 = boxes[i].unbind()
+        gx = (torch.arange(x0i, x1i, device=boxes.device, dtype=torch.float32) + 0.5 - x0) / (x1 - x0) * 2 - 1
+        gy = (torch.arange(y0i, y1i, device=boxes.device, dtype=torch.float32) + 0.5 - y0) / (y1 - y0) * 2 - 1
+        h, w = gy.numel(), gx.numel()
+        if h == 0 or w == 0:
+            crops.append(torch.zeros((h, w), dtype=torch.bool, device=masks.device))
+        else:
+            grid = torch.stack([gx[None, :].expand(h, w), gy[:, None].expand(h, w)], dim=2)[None]
+            pasted = F.grid_sample(masks[i : i + 1].float(), grid.to(torch.float32), align_corners=False)
+            crops.append(pasted[0, 0] >= threshold)
+        offsets[i, 0], offsets[i, 1] = (x0i, y0i) if h and w else (0, 0)
+    return CroppedMasks(crops, offsets, (height, width))
+
+
 def rescale_instances(results: Instances, from_size: tuple[int, int], to_size: tuple[int, int]) -> Instances:
     """Instances with boxes and keypoints scaled from an image of ``from_size`` to ``to_size``.
 
@@ -251,15 +294,27 @@ def rescale_instances(results: Instances, from_size: tuple[int, int], to_size: t
 
 
 def postprocess_instances(
-    results: Instances, original_size: tuple[int, int], mask_threshold: float = 0.5
+    results: Instances, original_size: tuple[int, int], mask_threshold: float = 0.5, convention: str = "torchvision"
 ) -> Instances:
     """Detections of one resized image mapped to its original size.
 
     Boxes and keypoints are rescaled (:func:`rescale_instances`); (N, M, M) ``mask_probs``, when
     present, are pasted at the original size into :class:`CroppedMasks` ``masks`` (and dropped),
     so that memory grows with the boxes, not with the image.
+
+    ``convention="detectron2"`` follows its ``detector_postprocess``: rescaled boxes are clipped
+    to the image, detections whose clipped box has no width or height are dropped, and masks are
+    pasted with the clipped boxes by :func:`paste_masks_cropped_detectron2`.
     """
     out = rescale_instances(results, results.image_size, original_size)
+    if convention == "detectron2":
+        boxes = out.boxes.clip(out.image_size)
+        wh = boxes.tensor[:, 2:] - boxes.tensor[:, :2]
+        out = out.with_fields(boxes=boxes)[(wh > 0).all(dim=1)]
+        if out.mask_probs is not None:
+            masks = paste_masks_cropped_detectron2(out.mask_probs[:, None], out.boxes.tensor, out.image_size, mask_threshold)
+            out = out.with_fields(masks=masks, mask_probs=None)
+        return out
     if out.mask_probs is not None:
         masks = paste_masks_cropped(out.mask_probs[:, None], out.boxes.tensor, out.image_size, mask_threshold)
         out = out.with_fields(masks=masks, mask_probs=None)

@@ -1,8 +1,8 @@
 """Faster, Mask and Keypoint R-CNN: backbone (+ FPN), RPN and RoI heads inside the detector shell.
 
-``build_rcnn(cfg)`` assembles the model a ``ModelConfig`` describes, in either the FPN layout
-(torchvision's fasterrcnn/maskrcnn_resnet50_fpn, v1 and v2) or detectron2's C4 layout (RPN on
-res4, res5 as the RoI head).
+``build_rcnn(cfg)`` assembles the model a ``ModelConfig`` describes, in the FPN layout
+(torchvision's fasterrcnn/maskrcnn_resnet50_fpn, v1 and v2), detectron2's C4 layout (RPN on
+res4, res5 as the RoI head), or on one backbone feature without FPN (layout 'single', detectron2's DC5).
 """
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from swiftdet.errors import ConfigError
 from swiftdet.model.anchors import AnchorGenerator
 from swiftdet.model.backbone import FPN, MobileNetV3, ResNet, build_fpn, build_mobilenet_v3, build_resnet, make_resnet_stage
 from swiftdet.model.box_coder import BoxCoder
+from swiftdet.model.cascade import CascadeRoIHeads, build_cascade_stages
 from swiftdet.model.detector import Detector, check_targets, shell_settings
 from swiftdet.model.keypoint_head import KeypointHead
+from swiftdet.model.layers import use_weight_standardization
 from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
 from swiftdet.model.roi_heads import BoxHead, BoxPredictor, MaskHead, MultiScaleRoIPooler, Res5BoxHead, RoIHeads
 from swiftdet.model.rpn import RPN, RPNHead
@@ -99,6 +101,12 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
         shapes = fpn.output_shape()
     else:
         shapes = backbone.output_shape()
+    if cfg.layout == "single":
+        # detectron2's DC5 models: RPN and RoI heads on one backbone feature (res5, res5_dilation=2).
+        _check(len(cfg.rpn.in_features) == 1 and tuple(cfg.box_head.in_features) == tuple(cfg.rpn.in_features),
+               f"model.layout 'single' runs the RPN and RoI heads on one backbone feature: model.rpn.in_features and "
+               f"model.box_head.in_features must both name the same one (now {list(cfg.rpn.in_features)} and "
+               f"{list(cfg.box_head.in_features)}), e.g. ['res5'].")
 
     rpn_cfg = cfg.rpn
     bad = [f for f in rpn_cfg.in_features if f not in shapes]
@@ -107,7 +115,8 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
            f"model.rpn.anchors.sizes has {len(rpn_cfg.anchors.sizes)} levels but model.rpn.in_features has {len(rpn_cfg.in_features)}.")
     channels = {shapes[f][0] for f in rpn_cfg.in_features}
     _check(len(channels) == 1, f"model.rpn.in_features {list(rpn_cfg.in_features)} have different channel counts {sorted(channels)}.")
-    anchors = AnchorGenerator(rpn_cfg.anchors.sizes, rpn_cfg.anchors.aspect_ratios)
+    anchors = AnchorGenerator(rpn_cfg.anchors.sizes, rpn_cfg.anchors.aspect_ratios, convention=cfg.convention,
+                              strides=[shapes[f][1] for f in rpn_cfg.in_features], offset=rpn_cfg.anchors.offset)
     num_anchors = set(anchors.num_anchors_per_location())
     _check(len(num_anchors) == 1, "model.rpn.anchors.sizes must give every level the same number of sizes (one shared RPN head).")
     rpn = RPN(
@@ -124,6 +133,7 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
         score_thresh=rpn_cfg.score_thresh,
         smooth_l1_beta=rpn_cfg.smooth_l1_beta,
         loss_weight=rpn_cfg.loss_weight,
+        convention=cfg.convention,
     )
 
     bh = cfg.box_head
@@ -131,22 +141,26 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
     _check(not bad, f"model.box_head.in_features has {bad}, not among the features {sorted(shapes)}.")
     in_channels = shapes[bh.in_features[0]][0]
     strides = [shapes[f][1] for f in bh.in_features]
-    box_pooler = MultiScaleRoIPooler(bh.in_features, strides, bh.pooler_resolution, bh.pooler_sampling_ratio, bh.pooler_aligned)
+    box_pooler = MultiScaleRoIPooler(bh.in_features, strides, bh.pooler_resolution, bh.pooler_sampling_ratio, bh.pooler_aligned,
+                                     convention=cfg.convention)
     mask_pooler, mask_head = None, None
     keypoint_pooler, keypoint_head = None, None
-    if cfg.layout == "fpn":
-        if bh.head == "2fc":
-            box_head = BoxHead(in_channels, bh.pooler_resolution, 0, bh.conv_dim, 2, bh.fc_dim, bh.norm)
-        else:
-            box_head = BoxHead(in_channels, bh.pooler_resolution, 4, bh.conv_dim, 1, bh.fc_dim, bh.norm)
+    if cfg.layout in ("fpn", "single"):
+        def make_box_head() -> BoxHead:  # also called once per further Cascade R-CNN stage
+            if bh.head == "2fc":
+                return BoxHead(in_channels, bh.pooler_resolution, 0, bh.conv_dim, 2, bh.fc_dim, bh.norm)
+            return BoxHead(in_channels, bh.pooler_resolution, 4, bh.conv_dim, 1, bh.fc_dim, bh.norm)
+
+        box_head = make_box_head()
         if cfg.mask_on:
             mh = cfg.mask_head
-            mask_pooler = MultiScaleRoIPooler(bh.in_features, strides, mh.pooler_resolution, mh.pooler_sampling_ratio, bh.pooler_aligned)
+            mask_pooler = MultiScaleRoIPooler(bh.in_features, strides, mh.pooler_resolution, mh.pooler_sampling_ratio, bh.pooler_aligned,
+                                              convention=cfg.convention)
             mask_head = MaskHead(in_channels, mh.num_convs, mh.conv_dim, k, mh.norm)
         if cfg.keypoint_on:
             kh = cfg.keypoint_head
             keypoint_pooler = MultiScaleRoIPooler(bh.in_features, strides, kh.pooler_resolution, kh.pooler_sampling_ratio,
-                                                  bh.pooler_aligned)
+                                                  bh.pooler_aligned, convention=cfg.convention)
             keypoint_head = KeypointHead(in_channels, kh.num_convs, kh.conv_dim, kh.num_keypoints)
     else:
         _check(cfg.backbone.out_features == ("res4",) or "res5" not in cfg.backbone.out_features,
@@ -156,13 +170,21 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
         if cfg.mask_on:
             mh = cfg.mask_head
             mask_head = MaskHead(res5_channels, mh.num_convs, mh.conv_dim, k, mh.norm)
-    roi_heads = RoIHeads(
+    if cfg.cascade.num_stages > 0:
+        # Cascade R-CNN (FPN layout only, see the schema): a box head, class-agnostic predictor, box
+        # coder and matcher per stage; pooler, sampler, thresholds, mask / keypoint heads as below.
+        heads_class, box_stages = CascadeRoIHeads, build_cascade_stages(cfg, box_head, make_box_head)
+    else:
+        heads_class, box_stages = RoIHeads, (
+            box_head,
+            BoxPredictor(box_head.out_dim, k, bh.cls_agnostic_bbox_reg),
+            BoxCoder(bh.box_reg_weights),
+            Matcher(bh.fg_iou_thresh, bh.bg_iou_thresh, allow_low_quality_matches=False),
+        )
+    roi_heads = heads_class(
         k,
         box_pooler,
-        box_head,
-        BoxPredictor(box_head.out_dim, k, bh.cls_agnostic_bbox_reg),
-        BoxCoder(bh.box_reg_weights),
-        Matcher(bh.fg_iou_thresh, bh.bg_iou_thresh, allow_low_quality_matches=False),
+        *box_stages,
         BalancedPositiveNegativeSampler(bh.batch_size_per_image, bh.positive_fraction),
         score_thresh=bh.score_thresh,
         nms_thresh=bh.nms_thresh,
@@ -174,7 +196,12 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
         keypoint_pooler=keypoint_pooler,
         keypoint_head=keypoint_head,
         keypoint_loss_weight=cfg.keypoint_head.loss_weight,
+        convention=cfg.convention,
     )
+    if cfg.weight_standardization:  # mmdetection's GN+WS: every conv followed by a GroupNorm
+        for part in (backbone, fpn, roi_heads):
+            if part is not None:
+                use_weight_standardization(part)
     return GeneralizedRCNN(
         backbone=backbone, fpn=fpn, rpn=rpn, roi_heads=roi_heads, **shell_settings(cfg, size_divisibility)
     )

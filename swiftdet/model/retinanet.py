@@ -5,6 +5,11 @@ box-regression tower shared across levels, sigmoid focal loss, and an L1 / smoot
 loss. v2 (``retinanet.norm = "GN"``, ``box_loss = "giou"``, ``fpn.top_block = "p6p7_c5"``) is
 torchvision's ``retinanet_resnet50_fpn_v2``. Inference and losses follow torchvision's semantics
 (per-image loss normalisation, per-level threshold and top-k, class-wise NMS).
+
+``model.convention = "detectron2"`` gives detectron2's RetinaNet instead: size-major anchors at
+nominal strides (with its anchor offset), and at inference the threshold on sigmoid probabilities,
+class-wise NMS across levels on the unclipped boxes, the per-image cap, then clipping (the shell
+drops boxes clipped to nothing). Training uses the same anchors and the losses above.
 """
 from __future__ import annotations
 
@@ -83,7 +88,8 @@ class RetinaNet(Detector):
         box_loss: "smooth_l1", "l1" or "giou"; smooth_l1_beta: its beta (0 means L1).
         score_thresh, topk_candidates, nms_thresh, detections_per_image: inference (per level:
             candidates above the threshold, at most the top-k; then class-wise NMS and a cap).
-        **shell: the :class:`Detector` settings (normalisation, padding).
+        **shell: the :class:`Detector` settings (normalisation, padding, ``convention``, which
+            also picks the inference order above).
     """
 
     def __init__(
@@ -196,18 +202,30 @@ class RetinaNet(Detector):
     def inference(self, logits: list[Tensor], deltas: list[Tensor], anchors: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
         """Raw detections: per level the top-k (anchor, class) pairs whose probability exceeds
         ``score_thresh``, decoded, clipped, class-wise NMS, at most ``detections_per_image``.
+        detectron2's convention: the threshold on the probabilities, and NMS and the cap on the
+        unclipped boxes, which are clipped afterwards.
 
         Args:
             logits: per level (B, N_l, K); deltas: per level (B, N_l, 4); anchors: (N, 4) all levels;
             image_sizes: (B, 2) int64.
         """
-        # sigmoid(x) > t  <=>  x > logit(t): threshold the logits so only candidates get a sigmoid.
-        img_idx, anchor_idx, labels, cand_logits = select_candidates(logits, logit(self.score_thresh), self.topk_candidates)
-        scores = torch.sigmoid(cand_logits.float())
+        detectron2 = self.convention == "detectron2"
+        if detectron2:
+            # detectron2 thresholds the float32 probabilities themselves (its ``scores > thresh``),
+            # so a candidate at the threshold is kept or dropped exactly as there.
+            probs = [torch.sigmoid(level.float()) for level in logits]
+            img_idx, anchor_idx, labels, scores = select_candidates(probs, self.score_thresh, self.topk_candidates)
+        else:
+            # sigmoid(x) > t  <=>  x > logit(t): threshold the logits so only candidates get a sigmoid.
+            img_idx, anchor_idx, labels, cand_logits = select_candidates(
+                logits, logit(self.score_thresh), self.topk_candidates
+            )
+            scores = torch.sigmoid(cand_logits.float())
         all_deltas = torch.cat(deltas, dim=1).float()
         boxes = self.box_coder.decode(all_deltas[img_idx, anchor_idx], anchors[anchor_idx])
         return batched_detections(
-            boxes, scores, labels, img_idx, image_sizes, self.num_classes, self.nms_thresh, self.detections_per_image
+            boxes, scores, labels, img_idx, image_sizes, self.num_classes, self.nms_thresh, self.detections_per_image,
+            clip_before_nms=not detectron2,
         )
 
 
@@ -220,7 +238,13 @@ def build_retinanet(cfg: ModelConfig, size_divisibility: int = 32) -> RetinaNet:
             f"model.retinanet.anchors.sizes has {len(rc.anchors.sizes)} levels but model.retinanet.in_features "
             f"has {len(rc.in_features)}; give one tuple of sizes per level."
         )
-    anchor_generator = AnchorGenerator(rc.anchors.sizes, rc.anchors.aspect_ratios)
+    # detectron2 places anchors at the levels' nominal strides (8 for p3, ...), torchvision at the
+    # padded size over the feature size.
+    strides = [fpn.output_shape()[f][1] for f in rc.in_features] if cfg.convention == "detectron2" else None
+    anchor_generator = AnchorGenerator(
+        rc.anchors.sizes, rc.anchors.aspect_ratios, convention=cfg.convention, strides=strides,
+        offset=rc.anchors.offset,
+    )
     num_anchors = anchor_generator.num_anchors_per_location()
     if len(set(num_anchors)) != 1:
         raise ConfigError(

@@ -35,7 +35,8 @@ class MultiScaleRoIPooler(nn.Module):
     """RoIAlign from the level chosen by box size (FPN paper eq. 1, as in torchvision).
 
     A box of side sqrt(area) goes to level floor(4 + log2(sqrt(area) / 224) + 1e-6), clamped to
-    the available levels.
+    the available levels; in detectron2's convention (its ``assign_boxes_to_levels``) to
+    floor(4 + log2(sqrt(area) / 224 + 1e-8)).
 
     Args:
         in_features: feature names, finest first; their strides are powers of two.
@@ -51,8 +52,12 @@ class MultiScaleRoIPooler(nn.Module):
         aligned: bool = False,
         canonical_scale: float = 224.0,
         canonical_level: int = 4,
+        convention: str = "torchvision",
     ):
         super().__init__()
+        if convention not in ("torchvision", "detectron2"):
+            raise ValueError(f"MultiScaleRoIPooler: unknown convention {convention!r}")
+        self.convention = convention
         self.in_features = tuple(in_features)
         self.scales = [1.0 / s for s in strides]
         self.output_size = (output_size, output_size)
@@ -73,9 +78,12 @@ class MultiScaleRoIPooler(nn.Module):
         if len(feats) == 1:
             return roi_align(feats[0], rois, self.output_size, self.scales[0], self.sampling_ratio, self.aligned)
         area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
-        levels = torch.floor(
-            self.canonical_level + torch.log2(area.sqrt() / self.canonical_scale) + torch.tensor(1e-6, dtype=area.dtype)
-        )
+        if self.convention == "detectron2":
+            levels = torch.floor(self.canonical_level + torch.log2(area.sqrt() / self.canonical_scale + 1e-8))
+        else:
+            levels = torch.floor(
+                self.canonical_level + torch.log2(area.sqrt() / self.canonical_scale) + torch.tensor(1e-6, dtype=area.dtype)
+            )
         levels = levels.clamp(min=self.k_min, max=self.k_max).to(torch.int64) - self.k_min
         c = feats[0].shape[1]
         out = feats[0].new_zeros((rois.shape[0], c) + self.output_size)
@@ -196,8 +204,12 @@ class RoIHeads(nn.Module):
         keypoint_pooler: MultiScaleRoIPooler | None = None,
         keypoint_head: KeypointHead | None = None,
         keypoint_loss_weight: float = 1.0,
+        convention: str = "torchvision",
     ):
         super().__init__()
+        if convention not in ("torchvision", "detectron2"):
+            raise ValueError(f"RoIHeads: unknown convention {convention!r}")
+        self.convention = convention
         self.num_classes = num_classes
         self.box_pooler = box_pooler
         self.box_head = box_head
@@ -382,7 +394,7 @@ class RoIHeads(nn.Module):
         (class-agnostic regression: the same box in every slot)."""
         image_of_roi = rois[:, 0].to(torch.int64)
         class_logits, box_deltas = self.box_predictor(self.box_head(self.box_pooler.pool(features, rois)))
-        boxes = self.box_coder.decode(box_deltas, rois[:, 1:]).view(rois.shape[0], -1, 4)
+        boxes = self.box_coder.decode(box_deltas, rois[:, 1:]).view(rois.shape[0], box_deltas.shape[1] // 4, 4)
         boxes = clip_boxes(boxes, image_sizes[image_of_roi][:, None, :])
         if boxes.shape[1] == 1:
             boxes = boxes.expand(-1, class_logits.shape[1], 4)
@@ -392,7 +404,11 @@ class RoIHeads(nn.Module):
         self, features: dict[str, Tensor], rois: Tensor, probs: Tensor, boxes: Tensor, image_sizes: Tensor
     ) -> dict[str, Tensor]:
         """Raw detections from per-roi class probabilities (R, K + 1) and boxes (R, K + 1, 4):
-        score threshold, per-class NMS per image, top-k, then the mask and keypoint heads."""
+        score threshold, per-class NMS per image, top-k, then the mask and keypoint heads.
+
+        torchvision drops boxes under 0.01 px before NMS; detectron2 (``fast_rcnn_inference``)
+        does not (the shell drops boxes clipped to nothing afterwards) and numbers the NMS groups
+        from 0, which decides the offsets of torchvision's one-call batched NMS."""
         image_of_roi = rois[:, 0].to(torch.int64)
         num_slots = probs.shape[1]
         boxes = boxes[:, 1:].reshape(-1, 4)
@@ -400,11 +416,16 @@ class RoIHeads(nn.Module):
         # 1-based during NMS (the same class ids torchvision feeds batched_nms), 0-based after.
         labels = torch.arange(1, num_slots, device=scores.device).repeat(probs.shape[0])
         image_idx = image_of_roi.repeat_interleave(num_slots - 1)
-        wh = boxes[:, 2:] - boxes[:, :2]
-        cand = torch.nonzero((scores > self.score_thresh) & (wh >= 1e-2).all(dim=1)).squeeze(1)
+        candidates = scores > self.score_thresh
+        if self.convention == "torchvision":
+            wh = boxes[:, 2:] - boxes[:, :2]
+            candidates = candidates & (wh >= 1e-2).all(dim=1)
+        cand = torch.nonzero(candidates).squeeze(1)
         boxes, scores, labels, image_idx = boxes[cand], scores[cand], labels[cand], image_idx[cand]
+        first = 0 if self.convention == "detectron2" else 1
         keep, counts = per_image_nms(
-            boxes, scores, labels, image_idx, image_sizes.shape[0], num_slots, self.nms_thresh, self.detections_per_image
+            boxes, scores, labels - 1 + first, image_idx, image_sizes.shape[0], num_slots, self.nms_thresh,
+            self.detections_per_image,
         )
         raw = {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep] - 1, "num_detections": counts}
         if self.mask_on:
@@ -413,7 +434,7 @@ class RoIHeads(nn.Module):
             # As torchvision: the keypoints of the final (clipped) boxes, not of their proposals.
             det_rois = torch.cat([image_idx[keep, None].to(boxes.dtype), raw["boxes"]], 1)
             maps = self.keypoint_head(self.keypoint_pooler.pool(features, det_rois))
-            raw["keypoints"] = heatmaps_to_keypoints(maps, raw["boxes"])
+            raw["keypoints"] = heatmaps_to_keypoints(maps, raw["boxes"], self.convention)
         return raw
 
     def _mask_probs(self, features: dict[str, Tensor], rois: Tensor, slots: Tensor) -> Tensor:

@@ -3,6 +3,10 @@
 Proposal selection follows torchvision: per level the top-k anchors by objectness, decoding,
 clipping, removal of tiny boxes and low scores, NMS within each level (batched over levels), then
 the post-NMS top-k per image. Train and test use separate top-k settings.
+
+``convention="detectron2"`` follows its ``find_top_rpn_proposals``: the same steps on the
+objectness logits themselves (no sigmoid, no score threshold; the scores returned are logits),
+keeping boxes whose width and height both exceed ``min_box_size`` (strictly).
 """
 from __future__ import annotations
 
@@ -79,8 +83,12 @@ class RPN(nn.Module):
         score_thresh: float = 0.0,
         smooth_l1_beta: float = 1.0 / 9,
         loss_weight: float = 1.0,
+        convention: str = "torchvision",
     ):
         super().__init__()
+        if convention not in ("torchvision", "detectron2"):
+            raise ValueError(f"RPN: unknown convention {convention!r}")
+        self.convention = convention
         self.in_features = tuple(in_features)
         self.head = head
         self.anchor_generator = anchor_generator
@@ -96,7 +104,8 @@ class RPN(nn.Module):
         self.loss_weight = loss_weight
 
     def forward(
-        self, images: Tensor, image_sizes: Tensor, features: dict[str, Tensor], targets: list[Instances] | None = None
+        self, images: Tensor, image_sizes: Tensor, features: dict[str, Tensor], targets: list[Instances] | None = None,
+        *, with_scores: bool = False,
     ) -> tuple[list[Tensor], dict[str, Tensor]]:
         """Proposals of each image and, in training, the RPN losses.
 
@@ -105,6 +114,8 @@ class RPN(nn.Module):
             image_sizes: (B, 2) int64 (height, width) of each image inside the batch.
         Returns:
             per image (P_i, 4) proposals sorted by decreasing objectness; losses (empty outside training).
+            With ``with_scores`` (an RPN-only model's output) the first element is the pair (proposals,
+            per image (P_i,) objectness scores), traced: ((P, 5) rois, (P,) scores).
         """
         feats = [features[f] for f in self.in_features]
         logits, deltas = self.head(feats)
@@ -114,18 +125,27 @@ class RPN(nn.Module):
         b = objectness.shape[0]
         proposals = self.box_coder.decode(pred_deltas.detach().reshape(-1, 4), anchors.repeat(b, 1)).view(b, -1, 4)
         if is_tracing() and not self.training:
-            return self._select_proposals_traced(proposals, logits, image_sizes), {}
-        boxes = self._select_proposals(proposals, objectness.detach(), image_sizes, num_per_level)
+            rois, roi_scores = self._select_proposals_traced(proposals, logits, image_sizes)
+            return ((rois, roi_scores) if with_scores else rois), {}
+        boxes, box_scores = self._select_proposals(proposals, objectness.detach(), image_sizes, num_per_level)
         losses: dict[str, Tensor] = {}
         if self.training:
             if targets is None:
                 raise ValueError("RPN needs targets in training mode")
             losses = self._losses(anchors, objectness, pred_deltas, targets)
-        return boxes, losses
+        return ((boxes, box_scores) if with_scores else boxes), losses
+
+    def _score_and_keep(self, boxes: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores of the objectness ``logits`` (...,) and which of their clipped (..., 4) boxes stay."""
+        wh = boxes[..., 2:] - boxes[..., :2]
+        if self.convention == "detectron2":
+            return logits, (wh > self.min_box_size).all(dim=-1)
+        scores = logits.sigmoid()
+        return scores, (wh >= self.min_box_size).all(dim=-1) & (scores >= self.score_thresh)
 
     def _select_proposals(
         self, proposals: Tensor, objectness: Tensor, image_sizes: Tensor, num_per_level: list[int]
-    ) -> list[Tensor]:
+    ) -> tuple[list[Tensor], list[Tensor]]:
         pre_nms = self.pre_nms_topk[self.training]
         post_nms = self.post_nms_topk[self.training]
         b = objectness.shape[0]
@@ -139,23 +159,22 @@ class RPN(nn.Module):
         top_idx = torch.cat(top_idx, dim=1)
         levels = torch.cat(level_ids)
         batch_idx = torch.arange(b, device=objectness.device)[:, None]
-        scores = objectness[batch_idx, top_idx].sigmoid()
         proposals = clip_boxes(proposals[batch_idx, top_idx], image_sizes[:, None, :])
+        scores, keep_all = self._score_and_keep(proposals, objectness[batch_idx, top_idx])
 
-        out = []
-        for boxes, s in zip(proposals, scores):
-            wh = boxes[:, 2:] - boxes[:, :2]
-            keep = (wh >= self.min_box_size).all(dim=1) & (s >= self.score_thresh)
+        out, out_scores = [], []
+        for boxes, s, keep in zip(proposals, scores, keep_all):
             keep = torch.nonzero(keep).squeeze(1)
             boxes, s, lvl = boxes[keep], s[keep], levels[keep]
             keep = class_wise_nms(boxes, s, lvl, self.nms_thresh)[:post_nms]
             out.append(boxes[keep])
-        return out
+            out_scores.append(s[keep])
+        return out, out_scores
 
-    def _select_proposals_traced(self, proposals: Tensor, logits: list[Tensor], image_sizes: Tensor) -> Tensor:
+    def _select_proposals_traced(self, proposals: Tensor, logits: list[Tensor], image_sizes: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`_select_proposals` for the whole batch at once, in operations a trace records for
         any batch and image size (the eager one loops over images). The same proposals per image,
-        returned as (P, 5) rois (image index, x0, y0, x1, y1) grouped by image.
+        returned as (P, 5) rois (image index, x0, y0, x1, y1) grouped by image, and their (P,) scores.
 
         Args:
             proposals: (B, A, 4) decoded boxes; logits: per level (B, A_l, H_l, W_l) objectness.
@@ -173,15 +192,14 @@ class RPN(nn.Module):
         top_idx, levels = torch.cat(top_idx, dim=1), torch.cat(level_ids, dim=1)  # (B, K) each
         images = torch.arange(b, device=proposals.device)[:, None] + torch.zeros_like(top_idx)
         flat_logits = torch.cat([lg.detach().permute(0, 2, 3, 1).reshape(b, -1) for lg in logits], dim=1)
-        scores = flat_logits.gather(1, top_idx).sigmoid().reshape(-1)
         boxes = clip_boxes(proposals.gather(1, top_idx[:, :, None].expand(-1, -1, 4)), image_sizes[:, None, :])
         boxes, levels, images = boxes.reshape(-1, 4), levels.reshape(-1), images.reshape(-1)
-        wh = boxes[:, 2:] - boxes[:, :2]
-        keep = torch.nonzero((wh >= self.min_box_size).all(dim=1) & (scores >= self.score_thresh)).squeeze(1)
+        scores, keep = self._score_and_keep(boxes, flat_logits.gather(1, top_idx).reshape(-1))
+        keep = torch.nonzero(keep).squeeze(1)
         boxes, scores, levels, images = boxes[keep], scores[keep], levels[keep], images[keep]
         # NMS within each (image, level); each image's best post_nms by decreasing score, as eager.
         keep, _ = per_image_nms(boxes, scores, levels, images, b, len(logits), self.nms_thresh, post_nms)
-        return torch.cat([images[keep, None].to(boxes.dtype), boxes[keep]], dim=1)
+        return torch.cat([images[keep, None].to(boxes.dtype), boxes[keep]], dim=1), scores[keep]
 
     def _losses(self, anchors: Tensor, objectness: Tensor, deltas: Tensor, targets: list[Instances]) -> dict[str, Tensor]:
         """BCE objectness over the sampled anchors, smooth-L1 on positives / number sampled."""

@@ -399,6 +399,11 @@ def build_ssd(cfg: ModelConfig, size_divisibility: int = 1) -> SSD:
     """SSD300-VGG16 or SSDlite-MobileNetV3 described by ``cfg`` (``cfg.arch == "ssd"``, the layout
     by ``cfg.backbone.name``), randomly initialised."""
     sc = cfg.ssd
+    if cfg.convention != "torchvision":
+        raise ConfigError(
+            f"model.convention '{cfg.convention}' is not available for arch 'ssd': detectron2's model zoo has no "
+            "SSD, so SSD follows torchvision's conventions only; set model.convention=torchvision."
+        )
     name = cfg.backbone.name
     if name == "vgg16":
         from swiftdet.model.backbone.vgg import VGG16

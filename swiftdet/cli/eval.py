@@ -6,7 +6,8 @@ import argparse
 from swiftdet.config.core import load_config
 
 NAME = "eval"
-HELP = "evaluate a trained model file on the config's test set (COCO box/mask/keypoint AP)"
+HELP = ("evaluate a trained model file on the config's test set (COCO box/mask/keypoint AP; an RPN-only model, "
+        "model.arch=rpn: detectron2's proposal AR@100/1000)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -25,10 +25,12 @@ from tqdm import tqdm
 
 from swiftdet.engine.distributed import all_gather_object, get_rank
 from swiftdet.evaluation.coco import CocoEvaluation, format_metrics, run_coco_evaluation
+from swiftdet.evaluation.proposals import evaluate_box_proposals
 from swiftdet.evaluation.results import instances_to_coco_results
+from swiftdet.model.proposal_network import ProposalNetwork
 
-__all__ = ["SEGM_AREA_FROM", "gather_results", "evaluate_model", "evaluate_results", "run_evaluations",
-           "run_inference"]
+__all__ = ["SEGM_AREA_FROM", "gather_results", "evaluate_model", "evaluate_proposal_model", "evaluate_results",
+           "run_evaluations", "run_inference"]
 
 #: The area convention of the trainer's ``segm`` evaluation: "mask" (detectron2's), or "loadres" for
 #: pycocotools' (box areas, since the results carry boxes).
@@ -48,8 +50,10 @@ def run_inference(
     category_ids: Sequence[int],
     *,
     log_every: int = 50,
-) -> dict[int, list[dict]]:
-    """COCO results of this process's images: ``{image_id: [result dict, ...]}``.
+    convert: Callable[[Any, Any], Any] | None = None,
+) -> dict[int, Any]:
+    """COCO results of this process's images: ``{image_id: [result dict, ...]}``; with ``convert``,
+    ``{image_id: convert(instances on the CPU, sample)}`` instead.
 
     ``loader`` yields lists of samples with ``image``, ``image_id``, ``file_name`` and
     ``original_size``. The model is put in eval mode and back into its previous mode afterwards.
@@ -73,7 +77,9 @@ def run_inference(
         for index, batch in enumerate(loader):
             predictions = detector.predict([s.image for s in batch], [tuple(s.original_size) for s in batch])
             for sample, instances in zip(batch, predictions):
-                results[int(sample.image_id)] = instances_to_coco_results(instances.to("cpu"), sample.image_id, category_ids)
+                instances = instances.to("cpu")
+                results[int(sample.image_id)] = (convert(instances, sample) if convert is not None else
+                                                 instances_to_coco_results(instances, sample.image_id, category_ids))
             num_images += len(batch)
             bar.update(len(batch))
             if log_every and bar.disable and (index + 1) % log_every == 0:
@@ -139,6 +145,8 @@ def evaluate_model(
     Rank 0 prints the tables, each followed by where its areas came from; every rank returns the
     same metrics.
     """
+    if isinstance(_unwrap(model), ProposalNetwork):  # an RPN alone: its output is proposals, evaluated by AR
+        return evaluate_proposal_model(model, loader, gt, prefix=prefix)
     start = time.perf_counter()
     local = run_inference(model, loader, category_ids)
     results = gather_results(local)
@@ -158,5 +166,30 @@ def evaluate_model(
             metrics.update({f"{prefix}{iou_type}/AP-{name}": ap for name, ap in evaluation.per_category_ap().items()
                             if ap >= 0})
             metrics[f"{prefix}{iou_type}/area_from"] = evaluation.area_source
+        logger.info(f"evaluation took {time.perf_counter() - start:.1f}s")
+    return all_gather_object(metrics)[0]
+
+
+def _proposals_of(instances: Any, sample: Any) -> tuple:
+    return instances.boxes.tensor.numpy(), instances.scores.numpy()
+
+
+def evaluate_proposal_model(model: nn.Module, loader: Iterable[list[Any]], gt: Any, *, prefix: str = "") -> dict[str, float]:
+    """An RPN-only model (``model.arch='rpn'``): detectron2's proposal recall of each image's proposals
+    (:mod:`swiftdet.evaluation.proposals`, not pycocotools' AR), as ``{"box_proposals/AR@100": ...,
+    "box_proposals/ARs@1000": ...}`` (fractions, -1 where a range has no ground truth); ``prefix``
+    goes in front of every name. Rank 0 prints the table; every rank returns the same metrics."""
+    start = time.perf_counter()
+    local = run_inference(model, loader, (), convert=_proposals_of)
+    merged: dict[int, tuple] = {}
+    for part in all_gather_object(local):
+        for image_id, proposals in part.items():
+            merged.setdefault(image_id, proposals)
+    metrics: dict[str, float] = {}
+    if get_rank() == 0:
+        values = evaluate_box_proposals(gt, merged)
+        logger.info(format_metrics(values, title=f"{prefix}box_proposals ({len(merged)} images; detectron2's "
+                                                  "proposal AR, not pycocotools')"))
+        metrics = {f"{prefix}box_proposals/{name}": float(v) for name, v in values.items()}
         logger.info(f"evaluation took {time.perf_counter() - start:.1f}s")
     return all_gather_object(metrics)[0]

@@ -37,6 +37,7 @@ from swiftdet.engine.logging import MetricsWriter, format_progress, memory_text
 from swiftdet.engine.optim import IterationLRSchedule, build_optimizer, scaled_base_lr
 from swiftdet.errors import ConfigError, OutputWriteError, SwiftdetError, WeightsError
 from swiftdet.evaluation.coco import detection_metric_specs, keypoint_metric_specs
+from swiftdet.evaluation.proposals import proposal_metric_names
 from swiftdet.structures import Instances
 from swiftdet.utils.io import atomic_torch_save, atomic_write
 from swiftdet.weights.checkpoint import make_checkpoint, read_checkpoint
@@ -94,6 +95,8 @@ def check_best_metric(cfg: Config) -> None:
     if cfg.model.mask_on:
         valid += [f"segm/{n}" for n in detection]
     valid += [f"keypoints/{s.name}" for s in keypoint_metric_specs(20)]
+    if cfg.model.arch == "rpn":  # an RPN alone is evaluated by proposal recall only
+        valid = [f"box_proposals/{n}" for n in proposal_metric_names()]
     if cfg.solver.ema_decay > 0:
         valid += [f"ema/{v}" for v in valid]
     if name not in valid:

@@ -1,6 +1,6 @@
 """Inference latency and memory of swiftdet's R-CNN vs torchvision's, on the same weights.
 
-    python benchmarks/rcnn_inference.py [--model mask_rcnn|faster_rcnn] [--iters 5] [--threads 2] [--plain]
+    python benchmarks/rcnn_inference.py [--model mask_rcnn|faster_rcnn|d2_mask_rcnn] [--iters 5] [--threads 2] [--plain]
 
 swiftdet runs its fast inference path (``fuse_for_inference``: FrozenBN folded into the convs,
 channels-last convolutions) unless ``--plain`` is given, which runs the model as trained.
@@ -10,6 +10,13 @@ parameters and biases randomised so features are not degenerate), torchvision's 
 swiftdet with ``convert_rcnn_state_dict``. The class head keeps torchvision's 91 slots (swiftdet
 num_classes=90) so both rank the same classes, and the box score threshold is 0 so each returns
 its 100 best detections. Both normalise 0-255 input with the same mean/std, so the inputs agree.
+
+``--model d2_mask_rcnn`` times swiftdet's Mask R-CNN in detectron2's conventions (the
+``d2_mask_rcnn_R_50_FPN_1x`` config: unrounded anchors, ROIAlignV2 with adaptive sampling, detectron2's
+mask pasting and box filtering) against torchvision's Mask R-CNN on the same weights. Its backbone
+keeps torchvision's stride placement (detectron2's MSRA ResNet puts the stride in the 1x1 conv and
+has slightly fewer FLOPs), so both run the same FLOPs; the detections differ by design, so no
+agreement is checked.
 
 Latency: one 3x800x1216 image (no resize needed at 800/1333), end to end (preprocess, network,
 postprocess incl. mask pasting at full size), runs alternating between the two models after one
@@ -59,7 +66,7 @@ def build_models(model: str, seed: int = 0, fast: bool = True):
     torch.manual_seed(seed)
     resnet = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     backbone = _resnet_fpn_extractor(resnet, 3)
-    cls = MaskRCNN if model == "mask_rcnn" else FasterRCNN
+    cls = FasterRCNN if model == "faster_rcnn" else MaskRCNN
     tv = cls(backbone, num_classes=91, box_score_thresh=0.0, box_detections_per_img=100,
              image_mean=[123.675, 116.28, 103.53], image_std=[58.395, 57.12, 57.375])
     gen = torch.Generator().manual_seed(seed + 1)
@@ -78,9 +85,11 @@ def build_models(model: str, seed: int = 0, fast: bool = True):
             elif name.endswith(".bias"):
                 buf.copy_(torch.randn(buf.shape, generator=gen) * 0.05)
     tv.eval()
-    config = "mask_rcnn_R_50_FPN_1x" if model == "mask_rcnn" else "faster_rcnn_R_50_FPN_1x"
+    config = {"mask_rcnn": "mask_rcnn_R_50_FPN_1x", "faster_rcnn": "faster_rcnn_R_50_FPN_1x",
+              "d2_mask_rcnn": "d2_mask_rcnn_R_50_FPN_1x"}[model]
+    same_flops = ["model.backbone.style=torchvision"] if model == "d2_mask_rcnn" else []
     cfg = load_config(config, ["model.num_classes=90", "model.box_head.score_thresh=0.0",
-                               "model.box_head.detections_per_image=100"])
+                               "model.box_head.detections_per_image=100", *same_flops])
     ours = build_model(cfg.model)
     ours.load_state_dict(convert_rcnn_state_dict(tv.state_dict(), cfg.model), strict=True)
     ours.eval()
@@ -125,6 +134,11 @@ def match_detections(tv_boxes, tv_scores, tv_labels, boxes, scores, labels) -> t
     return perm, int((perm != torch.arange(n)).sum())
 
 
+def no_agreement(tv_out: dict, ours_out) -> str:
+    return (f"not compared: detectron2's conventions differ from torchvision's by design ({len(tv_out['boxes'])} vs "
+            f"{len(ours_out)} detections)")
+
+
 def agreement(tv_out: dict, ours_out, label_offset: int = 1) -> str:
     """One line: YES/NO within the tolerances of the module docstring, and the measured differences.
 
@@ -157,10 +171,10 @@ def agreement(tv_out: dict, ours_out, label_offset: int = 1) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=["mask_rcnn", "faster_rcnn"], default="mask_rcnn")
+    parser.add_argument("--model", choices=["mask_rcnn", "faster_rcnn", "d2_mask_rcnn"], default="mask_rcnn")
     add_common_arguments(parser)
     args = parser.parse_args()
-    compare(Path(__file__).stem, args, f"{args.model} R50-FPN", agreement)
+    compare(Path(__file__).stem, args, f"{args.model} R50-FPN", no_agreement if args.model == "d2_mask_rcnn" else agreement)
 
 
 if __name__ == "__main__":

@@ -265,3 +265,44 @@ def test_named_d2_configs_equal_detectron2_yaml(name):
             del d[k]
     differ = {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
     assert not differ, f"yaml vs {config_name}: {differ}"
+
+
+def _parse(module, argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_convert_then_predict_then_coco_eval(tiny_coco, tmp_path):
+    """The user's path, by the CLI: `convert detectron2 --d2-config` writes the checkpoint and its
+    swiftdet config; `predict --config OUT.yaml` on tiny_coco images writes predictions.json that
+    `coco-eval` (box and mask) and pycocotools' loadRes accept."""
+    from pycocotools.coco import COCO
+
+    from swiftdet.cli import coco_eval as coco_eval_cmd
+    from swiftdet.cli import convert as convert_cmd
+    from swiftdet.cli import predict as predict_cmd
+
+    path = fixture_dir("mask_rcnn_R_50_FPN_1x")
+    out = tmp_path / "model.pth"
+    assert convert_cmd.run(_parse(convert_cmd, ["detectron2", str(path / "model_final.pkl"), str(out),
+                                                "--d2-config", str(path / "config.yaml")])) == 0
+    config = tmp_path / "model.yaml"
+    assert config.is_file() and torch.load(out, weights_only=True)["meta"]["converted_from"].startswith("detectron2:")
+    ann = tiny_coco / "annotations" / "instances_val.json"
+    images = sorted((tiny_coco / "val2017").glob("*.jpg"))[:3]
+    assert predict_cmd.run(_parse(predict_cmd, ["input.min_size_test=320", "input.max_size_test=512", "--config",
+                                                str(config), "--weights", str(out), "--input", *map(str, images),
+                                                "--output", str(tmp_path / "pred"), "--coco-json", str(ann),
+                                                "--no-draw"])) == 0
+    results = tmp_path / "pred" / "predictions.json"
+    dets = json.loads(results.read_text())
+    assert dets and all("segmentation" in d for d in dets)
+    dt = COCO(str(ann)).loadRes(str(results))
+    assert {a["image_id"] for a in dt.anns.values()} <= {img["id"] for img in dt.dataset["images"]}
+    for iou_type in ("bbox", "segm"):
+        assert coco_eval_cmd.run(_parse(coco_eval_cmd, [str(ann), str(results), "--iou-type", iou_type,
+                                                        "--out", str(tmp_path / f"{iou_type}.json")])) == 0
+        assert "AP" in json.loads((tmp_path / f"{iou_type}.json").read_text())

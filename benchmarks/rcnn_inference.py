@@ -15,7 +15,9 @@ its 100 best detections. Both normalise 0-255 input with the same mean/std, so t
 ``d2_mask_rcnn_R_50_FPN_1x`` config: unrounded anchors, ROIAlignV2 with adaptive sampling, detectron2's
 mask pasting and box filtering) against torchvision's Mask R-CNN on the same weights. Its backbone
 keeps torchvision's stride placement (detectron2's MSRA ResNet puts the stride in the 1x1 conv and
-has slightly fewer FLOPs), so both run the same FLOPs; the detections differ by design, so no
+has slightly fewer FLOPs) and its RoIAlign samples 2x2 points per bin as torchvision's does
+(detectron2's adaptive sampling, POOLER_SAMPLING_RATIO 0, takes ceil(box / 7) points per bin side:
+more work on large boxes), so both run the same FLOPs; the detections differ by design, so no
 agreement is checked.
 
 Latency: one 3x800x1216 image (no resize needed at 800/1333), end to end (preprocess, network,
@@ -87,7 +89,8 @@ def build_models(model: str, seed: int = 0, fast: bool = True):
     tv.eval()
     config = {"mask_rcnn": "mask_rcnn_R_50_FPN_1x", "faster_rcnn": "faster_rcnn_R_50_FPN_1x",
               "d2_mask_rcnn": "d2_mask_rcnn_R_50_FPN_1x"}[model]
-    same_flops = ["model.backbone.style=torchvision"] if model == "d2_mask_rcnn" else []
+    same_flops = ["model.backbone.style=torchvision", "model.box_head.pooler_sampling_ratio=2",
+                  "model.mask_head.pooler_sampling_ratio=2"] if model == "d2_mask_rcnn" else []
     cfg = load_config(config, ["model.num_classes=90", "model.box_head.score_thresh=0.0",
                                "model.box_head.detections_per_image=100", *same_flops])
     ours = build_model(cfg.model)

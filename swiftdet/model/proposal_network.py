@@ -10,8 +10,6 @@ The scores are what the RPN ranks by: LOGITS under ``model.convention='detectron
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor
 
@@ -72,13 +70,8 @@ class ProposalNetwork(Detector):
 def build_proposal_network(cfg: ModelConfig, size_divisibility: int = 32) -> ProposalNetwork:
     """The RPN-only model ``cfg`` describes (``arch='rpn'``, FPN layout), randomly initialised."""
     cfg.validate()
-    from swiftdet.model.rcnn import build_rcnn
+    from swiftdet.model.rcnn import build_proposal_stage
 
-    # The backbone, FPN and RPN are exactly an R-CNN's (same validation, conventions and wiring):
-    # take them from an R-CNN built from the same settings; its RoI heads are dropped.
-    rcnn_cfg = copy.deepcopy(cfg)
-    rcnn_cfg.arch = "rcnn"
-    rcnn_cfg.num_classes = max(cfg.num_classes, 1)
-    rcnn = build_rcnn(rcnn_cfg, size_divisibility)
-    return ProposalNetwork(backbone=rcnn.backbone, fpn=rcnn.fpn, rpn=rcnn.rpn, num_classes=cfg.num_classes,
+    backbone, fpn, _, rpn = build_proposal_stage(cfg)
+    return ProposalNetwork(backbone=backbone, fpn=fpn, rpn=rpn, num_classes=cfg.num_classes,
                            **shell_settings(cfg, size_divisibility))

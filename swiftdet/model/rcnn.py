@@ -23,7 +23,7 @@ from swiftdet.model.roi_heads import BoxHead, BoxPredictor, MaskHead, MultiScale
 from swiftdet.model.rpn import RPN, RPNHead
 from swiftdet.structures import ImageList, Instances
 
-__all__ = ["GeneralizedRCNN", "build_rcnn"]
+__all__ = ["GeneralizedRCNN", "build_proposal_stage", "build_rcnn"]
 
 
 class GeneralizedRCNN(Detector):
@@ -80,12 +80,10 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN:
-    """Faster R-CNN (Mask R-CNN when ``cfg.mask_on``, Keypoint R-CNN when ``cfg.keypoint_on``, or both)
-    described by ``cfg``, randomly initialised; its batches are padded to multiples of
-    ``size_divisibility`` (``input.size_divisibility``)."""
-    cfg.validate()
-    k = cfg.num_classes
+def build_proposal_stage(cfg: ModelConfig) -> tuple[ResNet | MobileNetV3, FPN | None, dict[str, tuple[int, int]], RPN]:
+    """The first stage of the R-CNN ``cfg`` describes: backbone, FPN (None outside the FPN layout),
+    {feature name: (channels, stride)} of the features the heads may read, and the RPN. The RPN-only
+    model (``arch='rpn'``) is exactly this stage."""
     if cfg.backbone.name == "mobilenet_v3_large":
         # torchvision's fasterrcnn_mobilenet_v3_large(_320)_fpn: FPN on the last two stages.
         _check(cfg.layout == "fpn", "model.layout 'c4' runs ResNet's res5 as the RoI head: it needs model.backbone.name 'resnet'.")
@@ -107,7 +105,6 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
                f"model.layout 'single' runs the RPN and RoI heads on one backbone feature: model.rpn.in_features and "
                f"model.box_head.in_features must both name the same one (now {list(cfg.rpn.in_features)} and "
                f"{list(cfg.box_head.in_features)}), e.g. ['res5'].")
-
     rpn_cfg = cfg.rpn
     bad = [f for f in rpn_cfg.in_features if f not in shapes]
     _check(not bad, f"model.rpn.in_features has {bad}, not among the features {sorted(shapes)}.")
@@ -135,6 +132,16 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
         loss_weight=rpn_cfg.loss_weight,
         convention=cfg.convention,
     )
+    return backbone, fpn, shapes, rpn
+
+
+def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN:
+    """Faster R-CNN (Mask R-CNN when ``cfg.mask_on``, Keypoint R-CNN when ``cfg.keypoint_on``, or both)
+    described by ``cfg``, randomly initialised; its batches are padded to multiples of
+    ``size_divisibility`` (``input.size_divisibility``)."""
+    cfg.validate()
+    k = cfg.num_classes
+    backbone, fpn, shapes, rpn = build_proposal_stage(cfg)
 
     bh = cfg.box_head
     bad = [f for f in bh.in_features if f not in shapes]

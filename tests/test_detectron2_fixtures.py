@@ -306,3 +306,18 @@ def test_convert_then_predict_then_coco_eval(tiny_coco, tmp_path):
         assert coco_eval_cmd.run(_parse(coco_eval_cmd, [str(ann), str(results), "--iou-type", iou_type,
                                                         "--out", str(tmp_path / f"{iou_type}.json")])) == 0
         assert "AP" in json.loads((tmp_path / f"{iou_type}.json").read_text())
+
+
+def test_exported_detectron2_model_gives_detectron2_outputs(tmp_path):
+    """A converted detectron2 Mask R-CNN exported to ONNX and run by onnxruntime maps its results
+    back detectron2's way too (empty boxes dropped, masks pasted as detectron2 does)."""
+    from swiftdet.export.onnx import export_model
+    from swiftdet.export.runtime import load_exported_predictor
+
+    name = "mask_rcnn_R_50_FPN_1x"
+    out, npz = reference(name)
+    cfg, model = load_fixture_model(name)
+    export_model(model, cfg, tmp_path / "model.onnx")
+    exported = load_exported_predictor(tmp_path / "model.onnx", "onnxruntime").model
+    for index, entry in enumerate(out["images"]):
+        compare_instances(entry, npz, index, exported.predict([fixture_image(entry)])[0])

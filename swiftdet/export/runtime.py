@@ -103,6 +103,7 @@ class ExportedModel:
         self.num_classes = cfg.model.num_classes
         self.size_divisibility = cfg.input.size_divisibility
         self.mask_threshold = cfg.model.mask_head.mask_threshold
+        self.convention = cfg.model.convention  # how results map back to the image (mask pasting, empty boxes)
         self.outputs = tuple(info.get("outputs", "boxes,scores,labels,num_detections").split(","))
         self.batch = None if info.get("batch", "dynamic") == "dynamic" else int(info["batch"])
         size = info.get("image_size", "dynamic")
@@ -172,8 +173,7 @@ class ExportedModel:
                 extra["keypoints"] = Keypoints(outputs["keypoints"][i, :n])
             raw = Instances(tuple(size), boxes=Boxes(outputs["boxes"][i, :n]), scores=outputs["scores"][i, :n],
                             labels=outputs["labels"][i, :n], **extra)
-            result = postprocess_instances(raw, tuple(original), self.mask_threshold)
-            out.append(result.with_fields(boxes=result.boxes.clip(result.image_size)))
+            out.append(postprocess_instances(raw, tuple(original), self.mask_threshold, self.convention))
         return out
 
 

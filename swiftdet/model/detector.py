@@ -221,11 +221,8 @@ class Detector(nn.Module, ABC):
     def postprocess(self, results: Sequence[Instances], images: ImageList) -> list[Instances]:
         """Detections mapped to the original image sizes: boxes (and keypoints) scaled by float32
         per-axis ratios as torchvision does, masks pasted with those boxes, boxes clipped."""
-        out = []
-        for r, orig in zip(results, images.original_sizes):
-            r = postprocess_instances(r, tuple(orig), self.mask_threshold, self.convention)
-            out.append(r.with_fields(boxes=r.boxes.clip(r.image_size)))
-        return out
+        return [postprocess_instances(r, tuple(orig), self.mask_threshold, self.convention)
+                for r, orig in zip(results, images.original_sizes)]
 
     @torch.no_grad()
     def predict(self, images: Sequence[Tensor], original_sizes: Sequence[tuple[int, int]] | None = None) -> list[Instances]:

@@ -300,7 +300,7 @@ def postprocess_instances(
 
     Boxes and keypoints are rescaled (:func:`rescale_instances`); (N, M, M) ``mask_probs``, when
     present, are pasted at the original size into :class:`CroppedMasks` ``masks`` (and dropped),
-    so that memory grows with the boxes, not with the image.
+    so that memory grows with the boxes, not with the image; then the boxes are clipped.
 
     ``convention="detectron2"`` follows its ``detector_postprocess``: rescaled boxes are clipped
     to the image, detections whose clipped box has no width or height are dropped, and masks are
@@ -318,4 +318,5 @@ def postprocess_instances(
     if out.mask_probs is not None:
         masks = paste_masks_cropped(out.mask_probs[:, None], out.boxes.tensor, out.image_size, mask_threshold)
         out = out.with_fields(masks=masks, mask_probs=None)
-    return out
+    # torchvision pastes with the rescaled boxes, then clips them.
+    return out.with_fields(boxes=out.boxes.clip(out.image_size))

@@ -112,11 +112,10 @@ def _decode_loop(maps: Tensor, rois: Tensor, softmax_score: bool = False) -> Ten
         out[i, :, 0] = (x_int.float() + 0.5) * (widths[i] / w) + rois[i, 0]
         out[i, :, 1] = (y_int.float() + 0.5) * (heights[i] / h) + rois[i, 1]
         if softmax_score:
-            # detectron2's operations: the map's maximum comes from the resized map.
+            # detectron2's exp(roi_map - peak) at the arg-max is exp(0) = 1, over the sum of
+            # exp(heatmap - peak) on the S x S map; the peak is the resized map's maximum.
             peak = roi_map.reshape(num_keypoints, -1).max(dim=1)[0].view(num_keypoints, 1, 1)
-            full = (roi_map - peak).exp()
-            norm = (maps[i] - peak).exp().sum((1, 2), keepdim=True)
-            out[i, :, 2] = (full / norm)[index, y_int, x_int]
+            out[i, :, 2] = 1.0 / (maps[i] - peak).exp().sum((1, 2))
         else:
             out[i, :, 2] = roi_map[index, y_int, x_int]
     return out

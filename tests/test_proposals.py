@@ -196,6 +196,23 @@ def test_proposal_network_outputs_and_losses():
     sum(losses.values()).backward()
 
 
+def test_score_threshold_applies_in_both_conventions():
+    """The predictor's --score-thresh (a probability) filters an RPN-only model's proposals also in
+    detectron2's convention, whose scores are logits."""
+    images = [torch.rand(3, 160, 224) * 255]
+    for convention in ("torchvision", "detectron2"):
+        _, model = _model([f"model.convention={convention}"])
+        model.eval()
+        everything = model.predict(images)[0]
+        model.score_thresh = 0.6
+        kept = model.predict(images)[0]
+        probs = everything.scores.sigmoid() if convention == "detectron2" else everything.scores
+        assert 0 < len(kept) < len(everything)
+        assert len(kept) <= int((probs >= 0.6).sum())  # NMS runs on the kept ones: never more
+        got = kept.scores.sigmoid() if convention == "detectron2" else kept.scores
+        assert (got >= 0.6).all()
+
+
 def test_traced_core_equals_eager():
     """A trace recorded on one batch replays another of the same padded size as eager mode gives it."""
     _, model = _model(["model.rpn.post_nms_topk_test=200"])

@@ -5,7 +5,8 @@ clipping, removal of tiny boxes and low scores, NMS within each level (batched o
 the post-NMS top-k per image. Train and test use separate top-k settings.
 
 ``convention="detectron2"`` follows its ``find_top_rpn_proposals``: the same steps on the
-objectness logits themselves (no sigmoid, no score threshold; the scores returned are logits),
+objectness logits themselves (the scores returned are logits; ``score_thresh`` still applies to
+their sigmoid, 0 by default as detectron2 has no such threshold),
 keeping boxes whose width and height both exceed ``min_box_size`` (strictly).
 """
 from __future__ import annotations
@@ -138,10 +139,11 @@ class RPN(nn.Module):
     def _score_and_keep(self, boxes: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
         """Scores of the objectness ``logits`` (...,) and which of their clipped (..., 4) boxes stay."""
         wh = boxes[..., 2:] - boxes[..., :2]
+        probs = logits.sigmoid()
+        # score_thresh is a probability in both conventions (detectron2 has none: its default 0 keeps all).
         if self.convention == "detectron2":
-            return logits, (wh > self.min_box_size).all(dim=-1)
-        scores = logits.sigmoid()
-        return scores, (wh >= self.min_box_size).all(dim=-1) & (scores >= self.score_thresh)
+            return logits, (wh > self.min_box_size).all(dim=-1) & (probs >= self.score_thresh)
+        return probs, (wh >= self.min_box_size).all(dim=-1) & (probs >= self.score_thresh)
 
     def _select_proposals(
         self, proposals: Tensor, objectness: Tensor, image_sizes: Tensor, num_per_level: list[int]

@@ -18,7 +18,7 @@ from swiftdet.config.schema import ModelConfig
 from swiftdet.errors import ConfigError
 from swiftdet.model.box_coder import BoxCoder, clip_boxes
 from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
-from swiftdet.model.roi_heads import BoxPredictor, MultiScaleRoIPooler, RoIHeads
+from swiftdet.model.roi_heads import BoxPredictor, MultiScaleRoIPooler, RoIHeads, boxes_to_rois
 from swiftdet.structures import Instances
 
 __all__ = ["CascadeRoIHeads", "build_cascade_stages"]
@@ -120,7 +120,7 @@ class CascadeRoIHeads(RoIHeads):
         props, labels, matched = props0, labels0, matched0
         losses = {}
         for k in range(self.num_stages):
-            rois = torch.cat([torch.cat([torch.full_like(p[:, :1], i), p], 1) for i, p in enumerate(props)])
+            rois = boxes_to_rois(props)
             class_logits, deltas = self._run_stage(features, rois, k)
             labels_all = torch.cat(labels)
             pos = torch.nonzero(labels_all > 0).squeeze(1)

@@ -21,10 +21,10 @@ from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
 from swiftdet.model.nms import per_image_nms
 from swiftdet.structures import Instances
 
-__all__ = ["BoxHead", "BoxPredictor", "MaskHead", "MultiScaleRoIPooler", "Res5BoxHead", "RoIHeads"]
+__all__ = ["BoxHead", "BoxPredictor", "MaskHead", "MultiScaleRoIPooler", "Res5BoxHead", "RoIHeads", "boxes_to_rois"]
 
 
-def _boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
+def boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
     """(R, 5) rois (batch index, x0, y0, x1, y1) from per-image (R_i, 4) boxes."""
     cat = torch.cat(list(boxes), dim=0)
     ids = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)], dim=0)
@@ -70,7 +70,7 @@ class MultiScaleRoIPooler(nn.Module):
 
     def forward(self, features: dict[str, Tensor], boxes: Sequence[Tensor]) -> Tensor:
         """(R, C, S, S) pooled features of the per-image (R_i, 4) boxes of every image, in order."""
-        return self.pool(features, _boxes_to_rois(boxes))
+        return self.pool(features, boxes_to_rois(boxes))
 
     def pool(self, features: dict[str, Tensor], rois: Tensor) -> Tensor:
         """(R, C, S, S) pooled features of (R, 5) rois (batch index, x0, y0, x1, y1)."""
@@ -385,7 +385,7 @@ class RoIHeads(nn.Module):
         # mask pooler reading the same levels, copy once here instead (a no-op for NCHW features).
         features = {k: v.contiguous() for k, v in features.items()}
         # A traced RPN gives the batch's (P, 5) rois at once (a list would fix the batch size).
-        rois = proposals if isinstance(proposals, Tensor) else _boxes_to_rois(proposals)
+        rois = proposals if isinstance(proposals, Tensor) else boxes_to_rois(proposals)
         probs, boxes = self._predict(features, rois, image_sizes)
         return self._detections(features, rois, probs, boxes, image_sizes)
 

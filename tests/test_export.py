@@ -26,7 +26,9 @@ from swiftdet.model.build import build_model
 from swiftdet.utils.io import atomic_torch_save
 from swiftdet.weights.checkpoint import make_checkpoint
 
-CONFIGS = {"retinanet": "synth_retinanet_R_18_FPN", "fcos": "synth_fcos_R_18_FPN", "mask_rcnn": "demo_mask_rcnn"}
+CONFIGS = {"retinanet": "synth_retinanet_R_18_FPN", "fcos": "synth_fcos_R_18_FPN", "mask_rcnn": "demo_mask_rcnn",
+           "keypoint_rcnn": "synth_keypoint_rcnn_R_18_FPN"}
+RCNN = ("mask_rcnn", "keypoint_rcnn")
 SIZE = ["input.min_size_test=160", "input.max_size_test=256"]
 
 
@@ -56,7 +58,7 @@ def _calibrated(arch: str, images: list[np.ndarray]):
                 mod.momentum = None
             elif isinstance(mod, nn.GroupNorm):
                 mod.weight.copy_(torch.rand(mod.num_channels, generator=g) + 0.5)
-        if arch == "mask_rcnn":
+        if arch in RCNN:
             # Class logits a few units apart (the initial std of 0.01 ties every softmax score near
             # 1/6), small box deltas (boxes near their proposals, not degenerate).
             model.roi_heads.box_predictor.cls_score.weight.mul_(2.0)
@@ -64,7 +66,7 @@ def _calibrated(arch: str, images: list[np.ndarray]):
         predictor = Predictor.from_model(cfg, model)
         batch = model.preprocess([predictor.prepare(img)[0] for img in images])
         model.train()
-        model.extract_features(batch.tensor) if arch == "mask_rcnn" else model.fpn(model.backbone(batch.tensor))
+        model.extract_features(batch.tensor) if arch in RCNN else model.fpn(model.backbone(batch.tensor))
         model.eval()
     return model, cfg
 
@@ -82,7 +84,7 @@ def exported(request, images, tmp_path_factory):
     # A threshold inside the score range, so that some candidates fall below it.
     scores = torch.cat([r.scores for r in Predictor.from_model(cfg, model, batch_size=4)(images)])
     threshold = round(float(scores.median()), 3) if len(scores) else 0.0
-    (cfg.model.box_head if arch == "mask_rcnn" else getattr(cfg.model, arch)).score_thresh = threshold
+    (cfg.model.box_head if arch in RCNN else getattr(cfg.model, arch)).score_thresh = threshold
     model.score_thresh = threshold
     folder = tmp_path_factory.mktemp(f"export_{arch}")
     meta = {"class_names": [f"c{i}" for i in range(cfg.model.num_classes)],
@@ -112,6 +114,10 @@ def _assert_same(expected, got, scales=None, atol: float = 1e-3) -> None:
             union = (a | b).sum(1)
             iou = torch.where(union > 0, (a & b).sum(1) / union.clamp(min=1), torch.ones_like(union, dtype=torch.float))
             assert float(iou.min()) >= 0.99, iou.min()
+        assert (o.keypoints is None) == (e.keypoints is None)
+        if e.keypoints is not None:
+            torch.testing.assert_close(o.keypoints.tensor[..., :2], e.keypoints.tensor[..., :2], atol=atol * scale, rtol=0)
+            torch.testing.assert_close(o.keypoints.tensor[..., 2], e.keypoints.tensor[..., 2], atol=atol, rtol=0)
 
 
 def _scales(predictor, images) -> list[float]:
@@ -149,7 +155,7 @@ def test_an_image_without_detections_gives_zero_rows(exported, images):
 def test_exported_files_carry_their_config_and_format(exported):
     arch, eager, backends = exported
     info = read_export_info(backends["onnxruntime"].model.path)
-    assert info["swiftdet_format"] == EXPORT_FORMAT and info["arch"] == ("rcnn" if arch == "mask_rcnn" else arch)
+    assert info["swiftdet_format"] == EXPORT_FORMAT and info["arch"] == ("rcnn" if arch in RCNN else arch)
     assert info["batch"] == "dynamic" and info["image_size"] == "dynamic"
     assert backends["onnxruntime"].cfg.input.min_size_test == 160
     assert backends["torchscript"].category_ids == eager.category_ids or eager.meta == {}
@@ -158,8 +164,8 @@ def test_exported_files_carry_their_config_and_format(exported):
     graph = onnx.load(str(backends["onnxruntime"].model.path)).graph
     assert all(node.domain in ("", "ai.onnx") for node in graph.node)  # standard operators only
     assert [i.name for i in graph.input] == ["images", "image_sizes"]
-    masks = ["mask_probs"] if arch == "mask_rcnn" else []
-    assert [o.name for o in graph.output] == ["boxes", "scores", "labels", "num_detections", *masks]
+    extra = {"mask_rcnn": ["mask_probs"], "keypoint_rcnn": ["keypoints"]}.get(arch, [])
+    assert [o.name for o in graph.output] == ["boxes", "scores", "labels", "num_detections", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -228,13 +234,13 @@ def test_cli_fixed_batch_and_size_export(checkpoint, tmp_path):
 def test_clear_errors_for_what_does_not_fit(checkpoint, tmp_path, capsys):
     folder, weights = checkpoint
     images = str(folder / "images")
-    # A model that does not export yet (keypoint decoding): said before anything is written.
-    assert main(["export", "synth_keypoint_rcnn_R_18_FPN", "--output", str(tmp_path / "k.onnx")]) == 2
-    assert "keypoint model (model.keypoint_on) is not supported yet" in capsys.readouterr().err
-    cfg = load_config("synth_keypoint_rcnn_R_18_FPN")
-    with pytest.raises(ConfigError, match="heatmap decoding does not export"):
-        export_model(build_model(cfg.model), cfg, tmp_path / "k.onnx")
-    assert not (tmp_path / "k.onnx").exists()
+    # A model that does not export (an RPN alone: its output is proposals): said before anything is written.
+    assert main(["export", "rpn_R_50_FPN_1x", "--output", str(tmp_path / "r.onnx")]) == 2
+    assert "Exporting model.arch='rpn' is not supported" in capsys.readouterr().err
+    cfg = load_config("rpn_R_50_FPN_1x", ["model.backbone.depth=18", "model.backbone.weights="])
+    with pytest.raises(ConfigError, match="exportable architectures are"):
+        export_model(build_model(cfg.model), cfg, tmp_path / "r.onnx")
+    assert not (tmp_path / "r.onnx").exists()
     # Weights that do not fit the config (a bare state_dict: no config of its own to adopt).
     bare = tmp_path / "bare.pth"
     torch.save(torch.load(weights, weights_only=True)["model"], bare)

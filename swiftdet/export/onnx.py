@@ -40,11 +40,6 @@ def check_exportable(cfg: Config) -> None:
             f"Exporting model.arch={cfg.model.arch!r} is not supported yet; the exportable architectures are "
             f"{', '.join(EXPORTABLE_ARCHS)}. Run this model with swiftdet predict (eager) instead."
         )
-    if cfg.model.keypoint_on:
-        # Decoding resizes each box's heatmaps to the box's own size: a loop the ONNX exporter
-        # cannot record yet (TorchScript and eager run it).
-        raise ConfigError("Exporting a keypoint model (model.keypoint_on) is not supported yet: its heatmap decoding "
-                          "does not export. Run it with swiftdet predict (eager) instead.")
 
 
 def export_graph_for(model: Detector, cfg: Config) -> ExportGraph:

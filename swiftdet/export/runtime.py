@@ -113,6 +113,9 @@ class ExportedModel:
                 raise ConfigError(f"'{path}' is a TorchScript file: use --backend torchscript.")
             ort = _import("onnxruntime", backend)
             options = ort.SessionOptions()
+            # Errors only: its graph optimiser warns about every name it keeps inside the keypoint
+            # decoding's loop, which is not a problem of the user's.
+            options.log_severity_level = 3
             if threads:
                 options.intra_op_num_threads = threads
             self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])

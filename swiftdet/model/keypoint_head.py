@@ -93,31 +93,41 @@ def keypoint_loss(logits: Tensor, rois: Tensor, gt_keypoints: Tensor) -> Tensor:
 
 def _decode_loop(maps: Tensor, rois: Tensor, softmax_score: bool = False) -> Tensor:
     """The per-RoI decoding of :func:`heatmaps_to_keypoints` (TorchScript-compatible);
-    ``softmax_score``: detectron2's score (module docstring)."""
-    num_rois, num_keypoints = maps.shape[0], maps.shape[1]
+    ``softmax_score``: detectron2's score (module docstring).
+
+    Each RoI's rows are concatenated onto the result instead of written into a preallocated
+    tensor: the ONNX exporter drops in-place writes made inside a loop.
+    """
+    num_keypoints = maps.shape[1]
     widths = (rois[:, 2] - rois[:, 0]).clamp(min=1)
     heights = (rois[:, 3] - rois[:, 1]).clamp(min=1)
     widths_ceil = widths.ceil()
     heights_ceil = heights.ceil()
-    out = torch.zeros((num_rois, num_keypoints, 3), dtype=torch.float32, device=maps.device)
-    index = torch.arange(num_keypoints, device=maps.device)
-    for i in range(num_rois):
-        w = int(widths_ceil[i].item())
-        h = int(heights_ceil[i].item())
+    widths_int, heights_int = widths_ceil.long(), heights_ceil.long()
+    out = torch.zeros((0, num_keypoints, 3), dtype=torch.float32, device=maps.device)
+    for i in range(maps.shape[0]):
+        # From int64 tensors: the ONNX exporter keeps .item() of a float tensor as a float.
+        w = int(widths_int[i].item())
+        h = int(heights_int[i].item())
         roi_map = F.interpolate(maps[i][:, None], size=[h, w], mode="bicubic", align_corners=False)[:, 0]
-        pos = roi_map.reshape(num_keypoints, -1).argmax(dim=1)
+        flat = roi_map.reshape(num_keypoints, -1)
+        pos = flat.argmax(dim=1)
+        # The value at the arg-max is the maximum: no indexing by (y, x) needed (ONNX cannot
+        # export advanced indexing inside the loop).
+        peak = flat.amax(dim=1)
         x_int = pos % w
         y_int = torch.div(pos - x_int, w, rounding_mode="floor")
-        # Cell centres (d + 0.5), scaled from the rounded-up map back to the box's true size.
-        out[i, :, 0] = (x_int.float() + 0.5) * (widths[i] / w) + rois[i, 0]
-        out[i, :, 1] = (y_int.float() + 0.5) * (heights[i] / h) + rois[i, 1]
+        # Cell centres (d + 0.5), scaled from the rounded-up map back to the box's true size
+        # (divided by it as a float tensor, the same value as the int: ONNX's Div takes one type).
+        x = (x_int.float() + 0.5) * (widths[i] / widths_ceil[i]) + rois[i, 0]
+        y = (y_int.float() + 0.5) * (heights[i] / heights_ceil[i]) + rois[i, 1]
         if softmax_score:
             # detectron2's exp(roi_map - peak) at the arg-max is exp(0) = 1, over the sum of
             # exp(heatmap - peak) on the S x S map; the peak is the resized map's maximum.
-            peak = roi_map.reshape(num_keypoints, -1).max(dim=1)[0].view(num_keypoints, 1, 1)
-            out[i, :, 2] = 1.0 / (maps[i] - peak).exp().sum((1, 2))
+            score = 1.0 / (maps[i] - peak.view(num_keypoints, 1, 1)).exp().sum((1, 2))
         else:
-            out[i, :, 2] = roi_map[index, y_int, x_int]
+            score = peak
+        out = torch.cat([out, torch.stack([x, y, score], dim=1)[None]])
     return out
 
 

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import swiftdet
 from swiftdet.cli import train as train_cmd
 from swiftdet.config import schema
 from swiftdet.config.core import load_config
 from swiftdet.demo.synth import generate_synthetic_coco
+from swiftdet.engine.run import run_evaluation
 from swiftdet.engine.optim import IterationLRSchedule, build_optimizer
 from swiftdet.inference import Predictor
 from swiftdet.structures import Boxes, Instances, Keypoints
@@ -72,6 +74,20 @@ class _ReadRecorder:
                 del cls.__getattribute__
             else:
                 cls.__getattribute__ = saved
+
+
+def _voc_folder(root: Path, image: torch.Tensor) -> Path:
+    """A VOC year folder of one image with a cat and a dog, listed in ImageSets/Main/test.txt."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    objects = "".join(f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+                      f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+                      for name, (x0, y0, x1, y1) in (("cat", (5, 8, 40, 50)), ("dog", (30, 4, 60, 30))))
+    (root / "Annotations" / "000001.xml").write_text(
+        f"<annotation><size><width>64</width><height>64</height><depth>3</depth></size>{objects}</annotation>")
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / "JPEGImages" / "000001.jpg")
+    (root / "ImageSets" / "Main" / "test.txt").write_text("000001\n")
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +160,12 @@ def test_every_config_field_is_read(synth, tmp_path):
             _train_step(model, image, cfg.model.num_classes)
             torch.save(model.state_dict(), tmp_path / "w.pth")
             Predictor(cfg, str(tmp_path / "w.pth"))(image)
+        # A VOC test set through the evaluation run: its roots, split and VOC metric.
+        voc = _voc_folder(tmp_path / "VOC2007", image)
+        cfg = load_config("faster_rcnn_R_50_FPN_voc0712", [*TINY_RCNN, "model.backbone.weights=",
+                                                           f"data.test.roots=[{voc}]", "data.test.split=test"])
+        torch.save(build_model_with_weights(cfg)[0].state_dict(), tmp_path / "voc.pth")
+        assert "bbox/mAP" in run_evaluation(cfg, tmp_path / "voc.pth")
     every = {(c.__name__, f.name) for c in _config_classes() for f in dataclasses.fields(c)}
     unread = sorted(f"{c}.{f}" for c, f in every - recorder.read)
     assert not unread, f"config fields that no code reads: {unread}"

@@ -176,6 +176,10 @@ def test_resume_refuses_a_changed_batch_and_names_a_longer_schedule(synth, tmp_p
     err = _flat(capsys.readouterr().err)
     assert "changed training settings (solver.ims_per_batch: checkpoint 2, config 4)" in err
     assert "Traceback" not in err and _snapshot(out) == before
+    # The sampler decides the order of the data stream too.
+    assert main([*_args(synth, out, "data.sampler=repeat_factor"), "--resume"]) == 2
+    assert "data.sampler: checkpoint 'uniform', config 'repeat_factor'" in _flat(capsys.readouterr().err)
+    assert _snapshot(out) == before
 
     assert main([*_args(synth, out, max_iter=6), "--resume"]) == 0
     stdout = capsys.readouterr().out

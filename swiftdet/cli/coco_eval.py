@@ -57,11 +57,16 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(evaluation.summary_lines()))
     print(evaluation.area_note(), file=sys.stderr)
     if args.out:
-        out = Path(args.out)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(evaluation.metrics, indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise EvaluationError(f"Cannot write the metrics to {str(out)!r} ({exc.strerror}). Choose a writable "
-                                  f"path for --out.") from exc
+        write_metrics(args.out, evaluation.metrics)
     return 0
+
+
+def write_metrics(path: str, metrics: dict) -> None:
+    """``--out metrics.json`` of the evaluation verbs."""
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise EvaluationError(f"Cannot write the metrics to {str(out)!r} ({exc.strerror}). Choose a writable "
+                              f"path for --out.") from exc

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{latest.name}): continue with the same command plus --resume", file=sys.stderr)
         raise
     # Under torchrun every process runs this command; the one that writes the run's folder reports.
-    if cfg.data.test.json and os.environ.get("RANK", "0") == "0" and (Path(output) / "model_final.pth").is_file():
+    # The report reads the test set's COCO json itself; other formats get their metrics only.
+    if cfg.data.test.format == "coco" and cfg.data.test.json and os.environ.get("RANK", "0") == "0" and (Path(output) / "model_final.pth").is_file():
         from swiftdet.cli.report import write_report
 
         write_report(Path(output), cfg.data.test.json, cfg.data.test.image_root)

@@ -411,6 +411,77 @@ class ModelConfig(Section):
 # ----------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------
+_CROP_TYPES = ("absolute", "relative", "absolute_range", "relative_range")
+
+
+@dataclass
+class CropConfig(Section):
+    """``input.crop``: a random crop of the original image (detectron2's INPUT.CROP / RandomCrop)."""
+
+    # 'relative': a (h * size[0]) x (w * size[1]) window; 'relative_range': each side a fraction
+    # uniform in [size[i], 1]; 'absolute': size[0] x size[1] pixels (height x width; the image's side
+    # where smaller); 'absolute_range': height and width uniform integers in [size[0], size[1]].
+    type: Literal["none", "absolute", "relative", "absolute_range", "relative_range"] = "none"
+    size: tuple[PositiveFloat, PositiveFloat] = (0.9, 0.9)
+    # Crop keeping instances (mmdet's allow_negative_crop=False): a window must keep at least one
+    # box; up to 10 windows are tried, then the image is left uncropped.
+    keep_instances: bool = False
+
+    def validate(self) -> None:
+        if self.type == "none":
+            d = CropConfig()
+            unused = [f"input.crop.{k}" for k in ("size", "keep_instances") if getattr(self, k) != getattr(d, k)]
+            _check(not unused, f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used with "
+                               f"input.crop.type 'none'; set input.crop.type to one of {list(_CROP_TYPES)}.")
+        elif self.type.startswith("relative"):
+            _check(all(0 < v <= 1 for v in self.size),
+                   f"input.crop.size {list(self.size)}: a '{self.type}' crop takes fractions of the image side in "
+                   "(0, 1], e.g. [0.9, 0.9].")
+        else:
+            _check(all(float(v).is_integer() for v in self.size),
+                   f"input.crop.size {list(self.size)}: an '{self.type}' crop takes whole pixels, e.g. [512, 512].")
+            _check(self.type != "absolute_range" or self.size[0] <= self.size[1],
+                   f"input.crop.size {list(self.size)}: 'absolute_range' takes [min, max] pixels with min <= max.")
+
+
+@dataclass
+class LsjConfig(Section):
+    """``input.lsj``: large-scale jitter, the training resize of input.resize='lsj' (detectron2's
+    new baselines: ResizeScale(0.1, 2.0, 1024, 1024) + FixedSizeCrop(1024))."""
+
+    size: tuple[PositiveInt, PositiveInt] = (1024, 1024)  # (height, width) of every training image
+    # The image fits in size * s, s uniform in this range (aspect ratio kept), then is cropped / padded to size.
+    scale_range: tuple[PositiveFloat, PositiveFloat] = (0.1, 2.0)
+
+    def validate(self) -> None:
+        _check(self.scale_range[0] <= self.scale_range[1],
+               f"input.lsj.scale_range {list(self.scale_range)} must be [min, max] with min <= max.")
+
+
+@dataclass
+class MosaicConfig(Section):
+    """``input.mosaic``: 4 images on a 2x2 canvas (YOLOX / mmdet Mosaic), before every other augmentation."""
+
+    prob: Probability = 0.0  # 0: off (mmdet's default when enabled: 1.0)
+    # (height, width) of one cell: each image is fitted in it; the canvas is twice as high and wide.
+    size: tuple[PositiveInt, PositiveInt] = (640, 640)
+    # Where the 4 images meet, as a fraction of the cell size, uniform in this range on each axis.
+    center_range: tuple[Annotated[float, Range(0, 2)], Annotated[float, Range(0, 2)]] = (0.5, 1.5)
+
+    def validate(self) -> None:
+        _check(self.center_range[0] <= self.center_range[1],
+               f"input.mosaic.center_range {list(self.center_range)} must be [min, max] with min <= max.")
+
+
+@dataclass
+class CopyPasteConfig(Section):
+    """``input.copy_paste``: paste instances (with masks) of another training image, last of all
+    augmentations (Ghiasi et al. 2021; mmdet's CopyPaste). Needs a dataset with masks."""
+
+    prob: Probability = 0.0  # 0: off
+    max_pasted: PositiveInt = 100  # at most this many instances pasted (1 to min(N, max_pasted), uniform)
+
+
 @dataclass
 class InputConfig(Section):
     # Training picks one shortest-edge size per image from min_size_train (multi-scale).
@@ -423,7 +494,9 @@ class InputConfig(Section):
     # 'shortest_edge': the min_size_*/max_size_* resize above (aspect ratio kept). 'fixed': every
     # image, in training and at test time, is stretched to fixed_size = (height, width) (SSD; the
     # aspect ratio is not kept) and min_size_*/max_size_* are not used (setting them is an error).
-    resize: Literal["shortest_edge", "fixed"] = "shortest_edge"
+    # 'lsj': training uses large-scale jitter (input.lsj) instead of min/max_size_train; the test
+    # resize is the shortest-edge one of min/max_size_test (detectron2's LSJ configs: 1024, 1024).
+    resize: Literal["shortest_edge", "fixed", "lsj"] = "shortest_edge"
     fixed_size: tuple[PositiveInt, PositiveInt] = (300, 300)
     # SSD training augmentations (torchvision's detection references), all off by default; they run
     # before the flip and the resize. Photometric distortion: each of brightness, contrast,
@@ -436,9 +509,33 @@ class InputConfig(Section):
     # SSD's random IoU crop: a crop whose IoU with some box reaches a random minimum (or no crop);
     # boxes whose centre falls outside the crop are dropped.
     iou_crop: bool = False
+    # Augmentations for every architecture, all off by default; the order they compose in is
+    # documented in swiftdet/data/transforms.py (TrainTransform) and the README's "Augmentations".
+    crop: CropConfig = field(default_factory=CropConfig)
+    # With this probability the image turns 90, 180 or 270 degrees (evenly), boxes, masks and keypoints along.
+    rotate90_prob: Probability = 0.0
+    lsj: LsjConfig = field(default_factory=LsjConfig)
+    mosaic: MosaicConfig = field(default_factory=MosaicConfig)
+    copy_paste: CopyPasteConfig = field(default_factory=CopyPasteConfig)
 
     def validate(self) -> None:
         _check(len(self.min_size_train) > 0, "input.min_size_train needs at least one size.")
+        if self.resize == "lsj":
+            defaults = InputConfig()
+            unused = [f"input.{k}" for k in ("min_size_train", "max_size_train") if getattr(self, k) != getattr(defaults, k)]
+            _check(not unused, f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used with input.resize "
+                               f"'lsj': training images are jittered to input.lsj.size {list(self.lsj.size)}. Reset "
+                               f"them to the defaults (input.min_size_train={list(defaults.min_size_train)} "
+                               f"input.max_size_train={defaults.max_size_train}) and set input.lsj, or set "
+                               "input.resize=shortest_edge.")
+        elif self.lsj != LsjConfig():
+            _check(False, f"input.lsj is used only with input.resize 'lsj' (it is '{self.resize}'); set "
+                          "input.resize=lsj, or leave input.lsj at its defaults.")
+        for name in ("mosaic", "copy_paste"):
+            section, default = getattr(self, name), type(getattr(self, name))()
+            _check(section.prob > 0 or section == default,
+                   f"input.{name} fields are set but input.{name}.prob is 0 (off); set input.{name}.prob > 0 "
+                   "or leave the section at its defaults.")
         if self.resize == "fixed":
             # A changed min/max size would otherwise be silently ignored.
             defaults = InputConfig()
@@ -452,8 +549,42 @@ class InputConfig(Section):
 
 @dataclass
 class DatasetSpec(Section):
-    json: str = ""  # COCO-format annotation file
-    image_root: str = ""  # folder the json's file_name entries are relative to
+    """Where a dataset is and how it is written: ``format`` picks the reader and, for ``data.test``,
+    the evaluation (COCO AP; VOC's mAP at IoU 0.5; LVIS's federated AP; Cityscapes' instance AP)."""
+
+    format: Literal["coco", "voc", "lvis", "cityscapes"] = "coco"
+    json: str = ""  # coco / lvis: the annotation file
+    image_root: str = ""  # coco / lvis: folder the json's file_name entries are relative to
+    # voc: one or more VOC year folders (each with Annotations/, ImageSets/Main/, JPEGImages/);
+    # cityscapes: the dataset root (with leftImg8bit/ and gtFine/).
+    roots: tuple[str, ...] = ()
+    split: str = ""  # voc: ImageSets/Main/<split>.txt ("trainval", "test"); cityscapes: "train", "val"
+
+    @property
+    def is_set(self) -> bool:
+        """Whether a dataset is named at all (an unset data.test means: train without evaluation)."""
+        return bool(self.roots) if self.format in ("voc", "cityscapes") else bool(self.json)
+
+    @property
+    def source(self) -> str:
+        """The dataset as messages name it: the json, or the roots and split."""
+        if self.format in ("voc", "cityscapes"):
+            return f"{', '.join(self.roots)} ({self.format} split '{self.split}')"
+        return self.json
+
+    def validate(self) -> None:
+        # A field the chosen format does not read would be silently ignored.
+        by_files = self.format in ("coco", "lvis")
+        unused = [name for name, value, used in (("json", self.json, by_files), ("image_root", self.image_root, by_files),
+                                                 ("roots", self.roots, not by_files), ("split", self.split, not by_files))
+                  if value and not used]
+        _check(not unused, f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not read by format "
+                           f"'{self.format}': {'coco and lvis datasets are a json and an image_root' if by_files else 'voc and cityscapes datasets are roots and a split'}.")
+        _check(not (self.format == "cityscapes" and len(self.roots) > 1),
+               f"format 'cityscapes' reads one dataset root; got roots {list(self.roots)}.")
+        _check(not (self.roots and not self.split),
+               f"format '{self.format}' needs a split (voc: the ImageSets/Main/<split>.txt name such as 'trainval' or "
+               "'test'; cityscapes: 'train' or 'val').")
 
 
 @dataclass
@@ -467,6 +598,16 @@ class DataConfig(Section):
     # Left/right keypoint name pairs swapped by a horizontal flip; empty: derived from names
     # that start with 'left_'/'right_' (COCO) or are 'left'/'right'.
     keypoint_flip_map: tuple[tuple[str, str], ...] = ()
+    # 'repeat_factor': LVIS's repeat-factor sampling (detectron2's RepeatFactorTrainingSampler): an
+    # image repeats max(1, sqrt(repeat_threshold / f(c))) times per epoch in expectation, c its rarest
+    # category and f(c) the fraction of training images holding c.
+    sampler: Literal["uniform", "repeat_factor"] = "uniform"
+    repeat_threshold: Fraction = 0.001  # read by sampler='repeat_factor' only
+
+    def validate(self) -> None:
+        _check(self.sampler == "repeat_factor" or self.repeat_threshold == 0.001,
+               f"data.repeat_threshold={self.repeat_threshold} is read by data.sampler=repeat_factor only (data.sampler "
+               f"is '{self.sampler}'): set data.sampler=repeat_factor too, or leave the threshold out.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -529,6 +670,9 @@ class TestConfig(Section):
     # Per-keypoint OKS sigmas of the keypoint AP; empty: COCO's 17 person sigmas (other keypoint
     # layouts must give one per keypoint).
     keypoint_oks_sigmas: tuple[PositiveFloat, ...] = ()
+    # VOC AP of a data.test in format 'voc' (swiftdet.evaluation.voc): 'area' (VOC2010+, the area under
+    # the precision envelope) or 'voc07' (VOC2007's 11-point AP, what VOC2007-test results quote).
+    voc_metric: Literal["voc07", "area"] = "area"
 
 
 @dataclass
@@ -547,7 +691,7 @@ class Config(Section):
         _check(not (self.model.keypoint_on and sigmas and len(sigmas) != k),
                f"test.keypoint_oks_sigmas has {len(sigmas)} values but model.keypoint_head.num_keypoints is {k}: "
                "give one sigma per keypoint.")
-        _check(not (self.model.keypoint_on and self.data.test.json and not sigmas and k != 17),
+        _check(not (self.model.keypoint_on and self.data.test.is_set and not sigmas and k != 17),
                f"model.keypoint_head.num_keypoints={k}: the keypoint AP needs test.keypoint_oks_sigmas, one OKS "
                "sigma per keypoint (the default, COCO's person sigmas, has 17).")
         d, fixed = self.input.size_divisibility, self.input.fixed_size

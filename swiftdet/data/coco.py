@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from swiftdet.config.schema import DatasetSpec
 from swiftdet.data.meta import DatasetMeta
 from swiftdet.data.records import int_column, parse_annotations
 from swiftdet.data.storage import DetectionDataset, build_dataset
-from swiftdet.errors import ConfigError, DatasetError
+from swiftdet.errors import DatasetError
 
-__all__ = ["load_coco", "load_dataset", "meta_from_coco_categories"]
+__all__ = ["coco_dict_to_dataset", "load_coco", "meta_from_coco_categories", "read_annotation_json"]
 
 _COCO_SHAPE = "A COCO file is a JSON object with lists 'images', 'annotations' and 'categories'."
 
@@ -60,24 +59,30 @@ def load_coco(
             visible keypoints (0 keeps all).
         verbose: print the load summary.
     """
+    data = read_annotation_json(json_path, "COCO", _COCO_SHAPE)
+    return coco_dict_to_dataset(
+        data, str(json_path), str(image_root), check_images=check_images, training=training,
+        filter_empty=filter_empty, min_keypoints_per_image=min_keypoints_per_image, verbose=verbose,
+    )
+
+
+def read_annotation_json(json_path: str | os.PathLike, kind: str, shape: str) -> Any:
+    """The parsed json of an annotation file; a DatasetError naming the file when it is missing or
+    not JSON. ``kind`` ("COCO", "LVIS") and ``shape`` (what such a file holds) go into the messages."""
     path = Path(json_path)
     source = str(path)
     if not path.is_file():
         hint = " (it is a folder; give the .json file inside it)" if path.is_dir() else ""
-        raise DatasetError(f"COCO annotation file '{source}' does not exist{hint}. Check the path (data.train.json / data.test.json).")
+        raise DatasetError(f"{kind} annotation file '{source}' does not exist{hint}. Check the path (data.train.json / data.test.json).")
     try:
         with open(path, "rb") as f:
-            data = json.load(f)
+            return json.load(f)
     except json.JSONDecodeError as e:
-        raise DatasetError(f"{source} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. {_COCO_SHAPE}") from None
+        raise DatasetError(f"{source} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. {shape}") from None
     except UnicodeDecodeError as e:
-        raise DatasetError(f"{source} is not a JSON text file ({e.reason}). {_COCO_SHAPE}") from None
+        raise DatasetError(f"{source} is not a JSON text file ({e.reason}). {shape}") from None
     except OSError as e:
         raise DatasetError(f"Cannot read {source}: {e.strerror or e}.") from None
-    return coco_dict_to_dataset(
-        data, source, str(image_root), check_images=check_images, training=training,
-        filter_empty=filter_empty, min_keypoints_per_image=min_keypoints_per_image, verbose=verbose,
-    )
 
 
 def coco_dict_to_dataset(
@@ -170,36 +175,3 @@ def _parse_images(images: list, source: str) -> tuple[np.ndarray, list[str], np.
     h = int_column(heights, "'height'", source, lambda k: f"image id {ids[k]}")
     w = int_column(widths, "'width'", source, lambda k: f"image id {ids[k]}")
     return image_ids, names, h, w
-
-
-def load_dataset(
-    spec: DatasetSpec,
-    *,
-    training: bool,
-    field: str = "data.train",
-    check_images: bool = True,
-    filter_empty: bool = True,
-    min_keypoints_per_image: int = 1,
-    verbose: bool = True,
-) -> DetectionDataset:
-    """Load ``cfg.data.train`` or ``cfg.data.test`` (COCO json + image root).
-
-    Args:
-        spec: the DatasetSpec.
-        training: see :func:`load_coco`.
-        field: the config key of ``spec``, named in errors ("data.train" or "data.test").
-    """
-    if not spec.json:
-        raise ConfigError(
-            f"{field}.json is empty. Set it to a COCO-format annotation file: add the overrides "
-            f"{field}.json=path/to/instances.json {field}.image_root=path/to/images after the config name "
-            "on the command line (or pass a DetectionDataset object in Python)."
-        )
-    if not spec.image_root:
-        raise ConfigError(f"{field}.image_root is empty. Set it to the folder the json's file names are relative to ('.' for the current folder).")
-    if not os.path.isdir(spec.image_root):
-        raise DatasetError(f"{field}.image_root '{spec.image_root}' is not an existing folder. It should be the folder the file names in {spec.json} are relative to.")
-    return load_coco(
-        spec.json, spec.image_root, check_images=check_images, training=training,
-        filter_empty=filter_empty, min_keypoints_per_image=min_keypoints_per_image, verbose=verbose,
-    )

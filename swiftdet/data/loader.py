@@ -15,7 +15,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from swiftdet.config.schema import Config
-from swiftdet.data.samplers import InferenceSampler, TrainBatchSampler
+from swiftdet.data.augment import OtherImages
+from swiftdet.data.samplers import InferenceSampler, TrainBatchSampler, repeat_factors_from_categories
 from swiftdet.data.storage import DetectionDataset, ImageRecord
 from swiftdet.data.transforms import (
     TestTransform,
@@ -73,7 +74,9 @@ class SampleMapper:
 
     Args:
         training: apply ``train_transform`` with the generator of (seed, position); otherwise
-            apply ``test_transform``.
+            apply ``test_transform``. Mosaic and copy-paste load other images of the dataset
+            (:meth:`load`) at indices drawn from that same generator, so a sample stays a function
+            of (seed, position) whatever the workers or a resume.
         with_targets: build ``Sample.instances``.
     """
 
@@ -104,18 +107,34 @@ class SampleMapper:
             self.flip_index = flip_indices(names, flip_map) if names else None
         except ValueError as e:
             raise DatasetError(f"{dataset.load_summary.source}: data.keypoint_flip_map does not fit the keypoints: {e}.") from None
+        self.others = None
+        if training and train_transform.needs_other_images:
+            if train_transform.copy_paste is not None and with_targets and not dataset.has_masks:
+                raise DatasetError(
+                    f"{dataset.load_summary.source}: input.copy_paste.prob={train_transform.copy_paste.prob} pastes "
+                    "instance masks, but this dataset has no segmentations. Set input.copy_paste.prob=0, or train "
+                    "on a dataset with masks."
+                )
+            self.others = OtherImages(len(dataset), self.load)
 
-    def __call__(self, index: int, position: int) -> Sample:
+    def load(self, index: int) -> tuple[Tensor, Instances | None]:
+        """(3, H, W) uint8 image of dataset index ``index`` and its targets in its own pixels (None
+        without ``with_targets``)."""
         ds = self.dataset
         record = ds.get(index)
         image = read_record_image(ds, record)
-        h, w = int(image.shape[1]), int(image.shape[2])
         instances = None
         if self.with_targets:
             instances = record_to_instances(record, with_masks=ds.has_masks, with_keypoints=ds.has_keypoints)
+        return image, instances
+
+    def __call__(self, index: int, position: int) -> Sample:
+        record = self.dataset.get(index)
+        image, instances = self.load(index)
+        h, w = int(image.shape[1]), int(image.shape[2])
         if self.training:
             rng = augmentation_rng(self.seed, position)
-            image, instances = self.train_transform(image, instances, rng, self.flip_index)
+            image, instances = self.train_transform(image, instances, rng, self.flip_index, others=self.others)
         else:
             image, instances = apply_augmentation(image.float(), instances, self.test_transform.augmentation, self.flip_index)
         return Sample(image=image, image_id=record.image_id, file_name=record.file_name, original_size=(h, w), instances=instances)
@@ -255,7 +274,8 @@ def build_train_loader(
 
     Args:
         cfg: uses ``seed``, ``input`` (:meth:`TrainTransform.from_config`),
-            ``data.aspect_ratio_grouping``, ``data.num_workers``, ``data.keypoint_flip_map``.
+            ``data.aspect_ratio_grouping``, ``data.num_workers``, ``data.keypoint_flip_map``,
+            ``data.sampler`` and ``data.repeat_threshold`` (repeat-factor sampling, LVIS).
         dataset: typically ``load_dataset(cfg.data.train, training=True)``.
         batch_size: images per batch in this process (``solver.ims_per_batch // world_size``).
         start_iter: first iteration to produce (exact resume).
@@ -273,9 +293,13 @@ def build_train_loader(
     group_of = None
     if cfg.data.aspect_ratio_grouping:
         group_of = (dataset.images.widths > dataset.images.heights).astype(np.int64)
+    sampler, threshold = cfg.data.sampler, cfg.data.repeat_threshold
+    repeat_factors = None
+    if sampler == "repeat_factor":
+        repeat_factors = repeat_factors_from_categories(dataset.images.ann_offsets, dataset.annotations.labels, threshold)
     batch_sampler = TrainBatchSampler(
         len(dataset), batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
-        group_of=group_of, start_iter=start_iter,
+        group_of=group_of, start_iter=start_iter, repeat_factors=repeat_factors,
     )
     return TrainLoader(mapper, batch_sampler, _num_workers(cfg, num_workers))
 

@@ -5,19 +5,56 @@ Positions: the training stream is one global sequence of (epoch permutation) ind
 position g holds ``perm(epoch = g // size)[g % size]`` and rank r of W takes positions r, r + W,
 r + 2W, ... The global position of a sample also seeds its augmentation, so a sample is augmented
 the same way whatever the number of workers, and a resumed run repeats the uninterrupted one.
+
+Repeat-factor sampling (LVIS, ``data.sampler="repeat_factor"``): epoch e lists image i
+``floor(r_i)`` times plus once more with probability ``frac(r_i)`` (stochastic rounding, drawn from
+the generator of (seed, 1, e)), then shuffles that list; epochs differ in length, so the stream
+keeps the start of every epoch it has walked. The stream is still a function of (seed, position):
+a resume recomputes the earlier epochs' lengths (N uniform draws per epoch, no images).
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Iterator
 
 import numpy as np
 
-__all__ = ["InferenceSampler", "TrainingSampler", "TrainBatchSampler", "group_batches"]
+__all__ = ["InferenceSampler", "TrainingSampler", "TrainBatchSampler", "group_batches", "repeat_factors_from_categories"]
 
 
 def _check_rank(rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+
+
+def repeat_factors_from_categories(ann_offsets: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
+    """Per-image repeat factors of LVIS (Gupta et al. 2019, appendix B.2; detectron2's
+    ``RepeatFactorTrainingSampler.repeat_factors_from_category_frequency`` with sqrt).
+
+    f(c) is the fraction of images holding category c, r(c) = max(1, sqrt(threshold / f(c))), and an
+    image repeats max(r(c)) over its categories (1 for an image without annotations).
+
+    Args:
+        ann_offsets: (N + 1,) int64, the annotations of image i are ``labels[ann_offsets[i]:ann_offsets[i+1]]``.
+        labels: (A,) int64 category labels (every annotation counts, as in detectron2).
+        threshold: the frequency below which a category's images are repeated (> 0).
+    Returns:
+        (N,) float64 factors, each >= 1.
+    """
+    if threshold <= 0:
+        raise ValueError(f"repeat threshold must be > 0, got {threshold}")
+    num_images = len(ann_offsets) - 1
+    image_of = np.repeat(np.arange(num_images), np.diff(ann_offsets))
+    num_labels = int(labels.max()) + 1 if len(labels) else 0
+    # One (image, category) entry per category present in an image.
+    pairs = np.unique(image_of * max(num_labels, 1) + labels) if len(labels) else np.zeros(0, dtype=np.int64)
+    pair_image, pair_label = np.divmod(pairs, max(num_labels, 1))
+    frequency = np.bincount(pair_label, minlength=num_labels) / max(num_images, 1)
+    with np.errstate(divide="ignore"):
+        category_factor = np.maximum(1.0, np.sqrt(threshold / frequency))
+    factors = np.ones(num_images)
+    np.maximum.at(factors, pair_image, category_factor[pair_label])
+    return factors
 
 
 class TrainingSampler:
@@ -29,9 +66,12 @@ class TrainingSampler:
         rank, world_size: this process takes global positions rank, rank + world_size, ...
         shuffle: False walks 0..size-1 every epoch.
         start: number of samples this rank already consumed (resume point).
+        repeat_factors: (size,) factors >= 1 (:func:`repeat_factors_from_categories`): each epoch
+            lists image i floor(r_i) times, plus once with probability frac(r_i); None: once each.
     """
 
-    def __init__(self, size: int, *, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, start: int = 0):
+    def __init__(self, size: int, *, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, start: int = 0,
+                 repeat_factors: np.ndarray | None = None):
         if size <= 0:
             raise ValueError(f"TrainingSampler needs a non-empty dataset, got size {size}")
         _check_rank(rank, world_size)
@@ -45,12 +85,42 @@ class TrainingSampler:
         self.position = int(start)  # samples of this rank consumed so far
         self._epoch = -1
         self._perm = np.arange(self.size)
+        self.repeat_factors = None
+        if repeat_factors is not None:
+            factors = np.asarray(repeat_factors, dtype=np.float64)
+            if factors.shape != (self.size,) or not np.all(factors >= 1) or not np.all(np.isfinite(factors)):
+                raise ValueError(f"repeat_factors must be ({self.size},) finite values >= 1")
+            self.repeat_factors = factors
+            self._whole = np.floor(factors).astype(np.int64)
+            self._fraction = factors - self._whole
+            self._epoch_starts = [0]  # global position of the first sample of epochs 0, 1, ...
 
     def global_position(self, local_position: int) -> int:
         return local_position * self.world_size + self.rank
 
+    def _repeat_counts(self, rng: np.random.Generator) -> np.ndarray:
+        """(size,) times each image appears in an epoch: the epoch's first draws from ``rng``."""
+        return self._whole + (rng.random(self.size) < self._fraction)
+
+    def _repeat_epoch(self, global_position: int) -> tuple[int, int]:
+        """(epoch, offset in it) of a global position of a repeat-factor stream."""
+        starts = self._epoch_starts
+        while starts[-1] <= global_position:  # walk the epochs' lengths up to the position
+            rng = np.random.Generator(np.random.PCG64([self.seed % 2**64, 1, len(starts) - 1]))
+            starts.append(starts[-1] + int(self._repeat_counts(rng).sum()))
+        epoch = int(np.searchsorted(starts, global_position, side="right")) - 1
+        return epoch, global_position - starts[epoch]
+
     def index_at(self, global_position: int) -> int:
         """Dataset index at a global position of the stream."""
+        if self.repeat_factors is not None:
+            epoch, offset = self._repeat_epoch(global_position)
+            if epoch != self._epoch:
+                rng = np.random.Generator(np.random.PCG64([self.seed % 2**64, 1, epoch]))
+                indices = np.repeat(np.arange(self.size), self._repeat_counts(rng))
+                self._perm = indices[rng.permutation(len(indices))] if self.shuffle else indices
+                self._epoch = epoch
+            return int(self._perm[offset])
         epoch, offset = divmod(global_position, self.size)
         if self.shuffle and epoch != self._epoch:
             rng = np.random.Generator(np.random.PCG64([self.seed % 2**64, 0, epoch]))
@@ -65,15 +135,22 @@ class TrainingSampler:
             self.position += 1
             yield g, index
 
+    def _factors_digest(self) -> str:
+        if self.repeat_factors is None:
+            return ""
+        return hashlib.sha256(self.repeat_factors.tobytes()).hexdigest()[:16]
+
     def state_dict(self) -> dict:
-        return {"position": self.position, "seed": self.seed, "size": self.size, "world_size": self.world_size, "shuffle": self.shuffle}
+        return {"position": self.position, "seed": self.seed, "size": self.size, "world_size": self.world_size, "shuffle": self.shuffle,
+                "repeat_factors": self._factors_digest()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume from :meth:`state_dict`; the stream must be the same (size, seed, world size)."""
-        mine = (self.size, self.seed, self.world_size, self.shuffle)
-        theirs = (state["size"], state["seed"], state["world_size"], state["shuffle"])
+        """Resume from :meth:`state_dict`; the stream must be the same (size, seed, world size, repeat factors)."""
+        mine = (self.size, self.seed, self.world_size, self.shuffle, self._factors_digest())
+        theirs = (state["size"], state["seed"], state["world_size"], state["shuffle"], state.get("repeat_factors", ""))
         if mine != theirs:
-            raise ValueError(f"sampler state is for (size, seed, world_size, shuffle) = {theirs}, this sampler has {mine}")
+            raise ValueError(f"sampler state is for (size, seed, world_size, shuffle, repeat factors digest) = {theirs}, "
+                             f"this sampler has {mine}")
         self.position = int(state["position"])
 
 
@@ -120,6 +197,7 @@ class TrainBatchSampler:
         shuffle: bool = True,
         group_of: np.ndarray | None = None,
         start_iter: int = 0,
+        repeat_factors: np.ndarray | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -131,14 +209,17 @@ class TrainBatchSampler:
         self.shuffle = shuffle
         self.group_of = group_of
         self.start_iter = int(start_iter)
+        self.repeat_factors = repeat_factors  # (size,) or None: see TrainingSampler
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         if self.group_of is None:
             sampler = TrainingSampler(self.size, seed=self.seed, rank=self.rank, world_size=self.world_size,
-                                      shuffle=self.shuffle, start=self.start_iter * self.batch_size)
+                                      shuffle=self.shuffle, start=self.start_iter * self.batch_size,
+                                      repeat_factors=self.repeat_factors)
             yield from group_batches(iter(sampler), self.batch_size, None)
             return
-        sampler = TrainingSampler(self.size, seed=self.seed, rank=self.rank, world_size=self.world_size, shuffle=self.shuffle)
+        sampler = TrainingSampler(self.size, seed=self.seed, rank=self.rank, world_size=self.world_size, shuffle=self.shuffle,
+                                  repeat_factors=self.repeat_factors)
         batches = group_batches(iter(sampler), self.batch_size, self.group_of)
         for _ in range(self.start_iter):
             next(batches)

@@ -9,14 +9,16 @@ torchvision normalises first; bilinear weights sum to one, so the two agree to f
 With ``input.resize = "fixed"`` every image is instead stretched to ``input.fixed_size`` (SSD), by
 the same ``F.interpolate(size=...)`` call that ``GeneralizedRCNNTransform(fixed_size=...)`` makes.
 
-SSD's training augmentations (:class:`TrainTransform`) follow torchvision's detection references:
-photometric distortion, zoom out onto a canvas of the pixel mean, and the random IoU crop, applied
-in that order before the flip and the resize, with boxes, masks and keypoints moved along.
+SSD's training augmentations follow torchvision's detection references: photometric distortion,
+zoom out onto a canvas of the pixel mean, and the random IoU crop. The others (random crop,
+rotation by 90 degrees, large-scale jitter, mosaic, copy-paste) and the geometry of instances they
+share live in :mod:`swiftdet.data.augment`; :class:`TrainTransform` composes all of them, in the
+order its docstring gives, with boxes, masks and keypoints moved along.
 
-Randomness (the training size picked from ``min_size_train``, the flip, the SSD augmentations)
-comes from a generator seeded by (seed, the sample's position in the sampler stream):
-:func:`augmentation_rng`. The same sample gets the same augmentation whatever the number of loader
-workers, and after a resume.
+Randomness (the training size picked from ``min_size_train``, the flip, every augmentation, the
+other images of mosaic and copy-paste) comes from a generator seeded by (seed, the sample's
+position in the sampler stream): :func:`augmentation_rng`. The same sample gets the same
+augmentation whatever the number of loader workers, and after a resume.
 """
 from __future__ import annotations
 
@@ -34,6 +36,31 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 
 from swiftdet.config.schema import Config
+from swiftdet.data.augment import (
+    CopyPaste,
+    CopyPasteDraw,
+    Crop,
+    LargeScaleJitter,
+    Mosaic,
+    OtherImages,
+    RandomCrop,
+    copy_paste,
+    crop_instances,
+    fit_window,
+    fixed_size_crop,
+    hflip_instances,
+    mosaic,
+    random_crop,
+    rotate90,
+    sample_copy_paste,
+    sample_mosaic,
+    sample_random_crop,
+    sample_rotate90,
+    sample_scale_jitter,
+    scale_jitter,
+    shift_instances,
+    transform_instances,
+)
 from swiftdet.errors import InputError
 from swiftdet.structures import BitMasks, Boxes, Instances, Keypoints, PolygonMasks
 from swiftdet.structures.masks import polygons_to_bitmask, rle_to_bitmask
@@ -160,40 +187,6 @@ def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
     return F.interpolate(
         image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
     )[0]
-
-
-def _ratio(new: int, old: int) -> float:
-    # float32 division, like torchvision's resize_boxes / resize_keypoints.
-    return float(np.float32(new) / np.float32(old))
-
-
-def transform_instances(
-    instances: Instances, new_size: tuple[int, int], hflip: bool = False, flip_index: Sequence[int] | None = None
-) -> Instances:
-    """Move instances with an image resized to ``new_size`` = (h, w) and then, if ``hflip``, mirrored.
-
-    Polygons are scaled/mirrored exactly; bitmaps are resized nearest-neighbour (as torchvision).
-    ``flip_index`` (from :func:`swiftdet.structures.flip_indices`) swaps left/right keypoints.
-    """
-    old_h, old_w = instances.image_size
-    new_h, new_w = new_size
-    sx, sy = _ratio(new_w, old_w), _ratio(new_h, old_h)
-    boxes = instances.boxes.scale(sx, sy)
-    masks = instances.masks
-    if isinstance(masks, PolygonMasks):
-        masks = masks.scale(sx, sy)
-    elif isinstance(masks, BitMasks):
-        masks = masks.resize(new_h, new_w)
-    keypoints = instances.keypoints.scale(sx, sy) if instances.keypoints is not None else None
-    if hflip:
-        boxes = boxes.hflip(new_w)
-        if masks is not None:
-            masks = masks.hflip(new_w)
-        if keypoints is not None:
-            if flip_index is None:
-                raise ValueError("flipping keypoints needs flip_index (swiftdet.structures.flip_indices)")
-            keypoints = keypoints.hflip(new_w, flip_index)
-    return Instances((new_h, new_w), boxes=boxes, labels=instances.labels, scores=instances.scores, masks=masks, keypoints=keypoints)
 
 
 @dataclass(frozen=True)
@@ -395,19 +388,6 @@ def sample_zoom_out(rng: np.random.Generator, height: int, width: int, prob: flo
     return ZoomOut(canvas_h, canvas_w, int((canvas_h - height) * fy), int((canvas_w - width) * fx))
 
 
-def _translate_polygons(masks: PolygonMasks, dx: float, dy: float) -> PolygonMasks:
-    out = []
-    for inst in masks.polygons:
-        moved = []
-        for p in inst:
-            q = p.copy()
-            q[0::2] += dx
-            q[1::2] += dy
-            moved.append(q)
-        out.append(moved)
-    return PolygonMasks(out)
-
-
 def zoom_out(
     image: Tensor, instances: Instances | None, params: ZoomOut, fill: Sequence[float]
 ) -> tuple[Tensor, Instances | None]:
@@ -419,39 +399,7 @@ def zoom_out(
     canvas[:, params.top : params.top + h, params.left : params.left + w] = image
     if instances is None:
         return canvas, None
-    dx, dy = params.left, params.top
-    boxes = Boxes(instances.boxes.tensor + torch.tensor([dx, dy, dx, dy], dtype=instances.boxes.tensor.dtype))
-    masks = instances.masks
-    if isinstance(masks, PolygonMasks):
-        masks = _translate_polygons(masks, dx, dy)
-    elif isinstance(masks, BitMasks):
-        # F.pad takes (left, right, top, bottom) for the last two dimensions.
-        pad = (dx, params.width - w - dx, dy, params.height - h - dy)
-        masks = BitMasks(F.pad(masks.tensor, pad))
-    keypoints = instances.keypoints
-    if keypoints is not None:
-        t = keypoints.tensor.clone()
-        t[..., 0] += dx
-        t[..., 1] += dy
-        keypoints = Keypoints(t)
-    return canvas, instances.with_fields(image_size=(params.height, params.width), boxes=boxes, masks=masks,
-                                         keypoints=keypoints)
-
-
-@dataclass(frozen=True)
-class Crop:
-    """The ``height`` x ``width`` window at (``left``, ``top``) of the image."""
-
-    top: int
-    left: int
-    height: int
-    width: int
-
-    def centres_inside(self, boxes: Tensor) -> Tensor:
-        """(N,) bool: the centre of each (N, 4) xyxy box lies strictly inside the window."""
-        cx = 0.5 * (boxes[:, 0] + boxes[:, 2])
-        cy = 0.5 * (boxes[:, 1] + boxes[:, 3])
-        return (self.left < cx) & (cx < self.left + self.width) & (self.top < cy) & (cy < self.top + self.height)
+    return canvas, shift_instances(instances, params.left, params.top, (params.height, params.width))
 
 
 def sample_iou_crop(rng: np.random.Generator, height: int, width: int, boxes: Tensor) -> Crop | None:
@@ -497,81 +445,47 @@ def sample_iou_crop(rng: np.random.Generator, height: int, width: int, boxes: Te
             return Crop(top, left, new_h, new_w)
 
 
-def _clip_polygon(xy: np.ndarray, width: float, height: float) -> np.ndarray:
-    """(P, 2) polygon clipped to the rectangle [0, width] x [0, height] (Sutherland-Hodgman);
-    (Q, 2), Q = 0 when nothing is left."""
-    for axis, limit, sign in ((0, 0.0, 1.0), (0, width, -1.0), (1, 0.0, 1.0), (1, height, -1.0)):
-        if len(xy) == 0:
-            break
-        inside = sign * (xy[:, axis] - limit) >= 0
-        out = []
-        prev, prev_in = xy[-1], inside[-1]
-        for cur, cur_in in zip(xy, inside):
-            if cur_in != prev_in:  # the edge crosses the line: keep the crossing point
-                t = (limit - prev[axis]) / (cur[axis] - prev[axis])
-                point = prev + t * (cur - prev)
-                point[axis] = limit
-                out.append(point)
-            if cur_in:
-                out.append(cur)
-            prev, prev_in = cur, cur_in
-        xy = np.array(out, dtype=np.float64).reshape(-1, 2)
-    return xy
-
-
-def _crop_polygons(masks: PolygonMasks, window: Crop) -> PolygonMasks:
-    out = []
-    for inst in masks.polygons:
-        kept = []
-        for p in inst:
-            xy = p.reshape(-1, 2) - np.array([window.left, window.top], dtype=np.float64)
-            xy = _clip_polygon(xy, window.width, window.height)
-            if len(xy) >= 3:
-                kept.append(xy.reshape(-1))
-        out.append(kept)
-    return PolygonMasks(out)
-
-
 def crop(image: Tensor, instances: Instances | None, window: Crop) -> tuple[Tensor, Instances | None]:
     """Cut ``window`` out of a (3, H, W) image and its instances, as torchvision's RandomIoUCrop:
     instances whose box centre is not strictly inside the window are dropped, the others' boxes
     clipped to it; polygons are clipped to the window, bitmaps cut; keypoints that leave the
-    window get visibility 0."""
+    window get visibility 0 (:func:`~swiftdet.data.augment.crop_instances`, rule ``"centre"``)."""
     top, left, h, w = window.top, window.left, window.height, window.width
     image = image[:, top : top + h, left : left + w]
     if instances is None:
         return image, None
-    keep = window.centres_inside(instances.boxes.tensor)
-    kept = instances[keep]
-    shift = torch.tensor([left, top, left, top], dtype=kept.boxes.tensor.dtype)
-    boxes = Boxes(kept.boxes.tensor - shift).clip((h, w))
-    masks = kept.masks
-    if isinstance(masks, PolygonMasks):
-        masks = _crop_polygons(masks, window)
-    elif isinstance(masks, BitMasks):
-        masks = BitMasks(masks.tensor[:, top : top + h, left : left + w])
-    keypoints = kept.keypoints
-    if keypoints is not None:
-        t = keypoints.tensor.clone()
-        t[..., 0] -= left
-        t[..., 1] -= top
-        outside = (t[..., 0] < 0) | (t[..., 0] > w) | (t[..., 1] < 0) | (t[..., 1] > h)
-        t[..., 2] = torch.where(outside, torch.zeros_like(t[..., 2]), t[..., 2])
-        keypoints = Keypoints(t)
-    return image, kept.with_fields(image_size=(h, w), boxes=boxes, masks=masks, keypoints=keypoints)
+    return image, crop_instances(instances, window, "centre")
 
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """The training transform of ``cfg.input``: photometric distortion, zoom out, IoU crop (each
-    when enabled), then the resize (a size drawn from ``min_sizes``, or ``fixed_size``) and the flip.
+    """The training transform of ``cfg.input``: every augmentation that is enabled, in this order.
+
+    1. mosaic (``input.mosaic``): this image and 3 drawn ones on a 2x2 canvas;
+    2. photometric distortion (``input.photometric_distort_prob``, any architecture);
+    3. zoom out, then the IoU crop (SSD's, ``input.zoom_out_prob``, ``input.iou_crop``);
+    4. random crop (``input.crop``);
+    5. rotation by k * 90 degrees (``input.rotate90_prob``);
+    6. the resize: large-scale jitter (``input.resize = "lsj"``: resize by a random scale of
+       ``input.lsj.size``, then crop / pad to it), else the size drawn from ``min_sizes`` or
+       ``fixed_size``; then the horizontal flip;
+    7. copy-paste (``input.copy_paste``): instances of a drawn image, itself augmented by steps 2-6
+       with a generator of its own, pasted on top.
+
+    Geometric steps come before the resize so that they act on the original pixels (detectron2
+    puts its RandomCrop first); copy-paste comes last so that both images are at the training size
+    (Ghiasi et al. paste between two scale-jittered images; mmdet runs CopyPaste after LSJ).
 
     Every random number comes from the generator passed in (:func:`augmentation_rng` of the
-    sample's stream position). The size and the flip are drawn first, as before these
-    augmentations existed, so configs that leave them off get exactly the samples they got then.
+    sample's stream position), the other images' dataset indices included. The size and the flip
+    are drawn first, then the photometric distortion, zoom out and IoU crop, as before the later
+    augmentations existed; an augmentation that is off draws nothing, so configs that leave
+    them off get exactly the samples they got then.
 
     Attributes:
-        zoom_out_fill: canvas value per RGB channel (the model's pixel mean, in RGB order).
+        zoom_out_fill: canvas value per RGB channel (the model's pixel mean, in RGB order), also
+            the padding of LSJ, mosaic and copy-paste (the model normalises it to 0, the value of
+            its own batch padding).
     """
 
     min_sizes: tuple[int, ...]
@@ -583,15 +497,27 @@ class TrainTransform:
     zoom_out_max_scale: float = 4.0
     zoom_out_fill: tuple[float, float, float] = (0.0, 0.0, 0.0)
     iou_crop: bool = False
+    random_crop: RandomCrop | None = None
+    rotate90_prob: float = 0.0
+    lsj: LargeScaleJitter | None = None
+    mosaic: Mosaic | None = None
+    copy_paste: CopyPaste | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> "TrainTransform":
-        """The transform of ``cfg.input`` (and ``model.pixel_mean`` / ``input_format`` for the zoom-out fill)."""
+        """The transform of ``cfg.input`` (and ``model.pixel_mean`` / ``input_format`` for the fill)."""
         inp = cfg.input
         fixed = (int(inp.fixed_size[0]), int(inp.fixed_size[1]))
         mean = tuple(float(v) for v in cfg.model.pixel_mean)
         # pixel_mean is in input_format order; the data pipeline's images are RGB.
         fill = mean[::-1] if cfg.model.input_format == "BGR" else mean
+        crop_spec = RandomCrop(str(inp.crop.type), (float(inp.crop.size[0]), float(inp.crop.size[1])),
+                               bool(inp.crop.keep_instances))
+        lsj = LargeScaleJitter((int(inp.lsj.size[0]), int(inp.lsj.size[1])),
+                               (float(inp.lsj.scale_range[0]), float(inp.lsj.scale_range[1])))
+        mosaic_spec = Mosaic(float(inp.mosaic.prob), (int(inp.mosaic.size[0]), int(inp.mosaic.size[1])),
+                             (float(inp.mosaic.center_range[0]), float(inp.mosaic.center_range[1])))
+        paste = CopyPaste(float(inp.copy_paste.prob), int(inp.copy_paste.max_pasted))
         return cls(
             min_sizes=tuple(int(s) for s in inp.min_size_train),
             max_size=int(inp.max_size_train),
@@ -602,7 +528,17 @@ class TrainTransform:
             zoom_out_max_scale=float(inp.zoom_out_max_scale),
             zoom_out_fill=fill,  # type: ignore[arg-type]
             iou_crop=bool(inp.iou_crop),
+            random_crop=crop_spec if crop_spec.type != "none" else None,
+            rotate90_prob=float(inp.rotate90_prob),
+            lsj=lsj if inp.resize == "lsj" else None,
+            mosaic=mosaic_spec if mosaic_spec.prob > 0 else None,
+            copy_paste=paste if paste.prob > 0 else None,
         )
+
+    @property
+    def needs_other_images(self) -> bool:
+        """Mosaic or copy-paste is on: the caller must pass ``others``."""
+        return self.mosaic is not None or self.copy_paste is not None
 
     def __call__(
         self,
@@ -610,14 +546,28 @@ class TrainTransform:
         instances: Instances | None,
         rng: np.random.Generator,
         flip_index: Sequence[int] | None = None,
+        others: OtherImages | None = None,
     ) -> tuple[Tensor, Instances | None]:
         """Augment a (3, H, W) image (uint8, or float 0-255) and its instances.
 
+        Args:
+            others: the dataset's images, for mosaic and copy-paste (their indices are drawn
+                from ``rng``).
         Returns:
             (3, H', W') float32 0-255 image and the instances in its coordinates.
         """
+        if self.needs_other_images and others is None:
+            raise ValueError("mosaic and copy-paste need the other training images: pass others=OtherImages(...)")
+        return self._augment(image, instances, rng, flip_index, others)
+
+    def _augment(self, image, instances, rng, flip_index, others):
         aug = sample_augmentation(rng, self.min_sizes, self.max_size, self.hflip_prob, self.fixed_size)
         photometric = sample_photometric(rng, self.photometric_distort_prob)
+        if self.mosaic is not None and others is not None:
+            draw = sample_mosaic(rng, self.mosaic, others.count)
+            if draw is not None:
+                tiles = [(image, instances)] + [others.load(i) for i in draw.indices]
+                image, instances = mosaic(tiles, draw, self.mosaic.size, self.zoom_out_fill)
         h, w = int(image.shape[-2]), int(image.shape[-1])
         zoom = sample_zoom_out(rng, h, w, self.zoom_out_prob, self.zoom_out_max_scale)
         image = photometric_distort(image, photometric).float()
@@ -627,7 +577,36 @@ class TrainTransform:
             window = sample_iou_crop(rng, int(image.shape[-2]), int(image.shape[-1]), instances.boxes.tensor)
             if window is not None:
                 image, instances = crop(image, instances, window)
-        return apply_augmentation(image, instances, aug, flip_index)
+        if self.random_crop is not None:
+            windows = sample_random_crop(rng, int(image.shape[-2]), int(image.shape[-1]), self.random_crop)
+            image, instances = random_crop(image, instances, windows)
+        if self.rotate90_prob > 0:
+            image, instances = rotate90(image, instances, sample_rotate90(rng, self.rotate90_prob))
+        if self.lsj is not None:
+            jitter = sample_scale_jitter(rng, int(image.shape[-2]), int(image.shape[-1]), self.lsj)
+            image, instances = scale_jitter(image, instances, jitter, self.zoom_out_fill)
+            if aug.hflip:
+                image = image.flip(-1)
+                instances = hflip_instances(instances, flip_index) if instances is not None else None
+        else:
+            image, instances = apply_augmentation(image, instances, aug, flip_index)
+        if self.copy_paste is not None and others is not None:
+            draw = sample_copy_paste(rng, self.copy_paste, others.count)
+            if draw is not None and instances is not None:
+                image, instances = self._paste(image, instances, draw, flip_index, others)
+        return image, instances
+
+    def _paste(self, image: Tensor, instances: Instances, draw: CopyPasteDraw, flip_index, others: OtherImages):
+        """Copy-paste from the drawn image, augmented (no mosaic, no paste) by a generator of its own."""
+        src_rng = np.random.Generator(np.random.PCG64(draw.seed))
+        src_image, src = others.load(draw.index)
+        if src is None or len(src) == 0:
+            return image, instances
+        src_image, src = self._augment(src_image, src, src_rng, flip_index, None)
+        size = (int(image.shape[-2]), int(image.shape[-1]))
+        window = fit_window(int(src_image.shape[-2]), int(src_image.shape[-1]), size, float(src_rng.random()))
+        src_image, src = fixed_size_crop(src_image, src, window, size, self.zoom_out_fill)
+        return copy_paste(image, instances, src_image, src, src_rng, self.copy_paste.max_pasted)
 
 
 # ----------------------------------------------------------------------------------------------

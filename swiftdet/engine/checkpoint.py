@@ -118,8 +118,10 @@ def check_same_model_config(config: dict[str, Any], checkpoint: dict[str, Any], 
 RESUME_REFUSED = (
     "solver.optimizer", "solver.base_lr", "solver.momentum", "solver.weight_decay", "solver.weight_decay_norm",
     "solver.weight_decay_bias", "solver.ims_per_batch", "solver.reference_batch_size", "solver.accumulate_steps",
-    "solver.amp", "seed",
+    "solver.amp", "seed", "data.sampler", "data.repeat_threshold", "data.aspect_ratio_grouping",
 )
+# The data settings that decide the order of the training stream (compared like the solver's).
+_STREAM_DATA = ("sampler", "repeat_threshold", "aspect_ratio_grouping")
 # Settings that decide only what is written, not what is trained.
 RESUME_BOOKKEEPING = ("solver.checkpoint_period", "solver.keep_last", "solver.log_period", "solver.max_minutes")
 
@@ -135,8 +137,12 @@ def check_resume_solver_config(config: dict[str, Any], checkpoint: dict[str, Any
     saved = checkpoint.get("config")
     if not isinstance(saved, dict):
         return []
-    ours = {"solver": config.get("solver", {}), "seed": config.get("seed")}
-    theirs = {"solver": saved.get("solver", {}), "seed": saved.get("seed")}
+    def stream(cfg: dict) -> dict:
+        data = cfg.get("data", {})
+        return {k: data[k] for k in _STREAM_DATA if k in data}
+
+    ours = {"solver": config.get("solver", {}), "seed": config.get("seed"), "data": stream(config)}
+    theirs = {"solver": saved.get("solver", {}), "seed": saved.get("seed"), "data": stream(saved)}
     changed = [(key, text) for key, text in _keyed_differences(ours, theirs, "") if _holds(theirs, key)]
     refused = [text for key, text in changed if key in RESUME_REFUSED]
     if refused:

@@ -134,8 +134,12 @@ def evaluate_model(
     prefix: str = "",
     segm_area_from: str = SEGM_AREA_FROM,
     kpt_sigmas: Sequence[float] | None = None,
+    scorer: Callable[[list[dict]], dict[str, float]] | None = None,
 ) -> dict[str, float | str]:
     """Run, gather and evaluate; returns flat metrics like ``{"bbox/AP": 0.41, "segm/AP": 0.37}``.
+
+    ``scorer``: another dataset's evaluation (VOC, LVIS, Cityscapes) in place of COCO's: rank 0
+    calls it on the gathered COCO-format results, and it returns flat metrics (without ``prefix``).
 
     Boxes are always evaluated, masks when ``mask_on``, keypoints when the predictions carry them.
     Each evaluated type also gets ``<iou_type>/area_from``, the (string) source of the detection
@@ -151,7 +155,10 @@ def evaluate_model(
     local = run_inference(model, loader, category_ids)
     results = gather_results(local)
     metrics: dict[str, float | str] = {}
-    if get_rank() == 0:
+    if get_rank() == 0 and scorer is not None:
+        metrics = {f"{prefix}{name}": value for name, value in scorer(results).items()}
+        logger.info(f"evaluation took {time.perf_counter() - start:.1f}s")
+    elif get_rank() == 0:
         iou_types = ["bbox"] + (["segm"] if mask_on else [])
         if any("keypoints" in r for r in results):
             iou_types.append("keypoints")

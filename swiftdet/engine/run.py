@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from swiftdet.engine.distributed import (
     shutdown_distributed,
 )
 from swiftdet.engine.evaluator import evaluate_model
+from swiftdet.evaluation.coco import format_metrics
 from swiftdet.engine.logging import MetricsWriter, setup_logger
 from swiftdet.engine.run_folder import RunLock, move_leftovers_aside
 from swiftdet.engine.trainer import (
@@ -101,17 +102,57 @@ def _load_test_set(cfg: Config, verbose: bool):
     return load_dataset(cfg.data.test, training=False, field="data.test", verbose=verbose)
 
 
+def _dataset_scorer(cfg: Config, test_set: Any, gt: Any) -> Callable[[list[dict]], dict[str, float]] | None:
+    """The evaluation of ``data.test``'s format as a function of the gathered COCO-format results;
+    None for COCO's own (evaluate_model's default)."""
+    spec = cfg.data.test
+    if spec.format == "coco":
+        return None
+    iou_types = ["bbox"] + (["segm"] if cfg.model.mask_on else [])
+    if spec.format == "voc":
+        from swiftdet.evaluation.voc import evaluate_voc
+
+        def score(results: list[dict]) -> dict[str, float]:
+            evaluation = evaluate_voc(gt, results, metric=cfg.test.voc_metric)
+            logger.info("\n".join(evaluation.summary_lines()))
+            return {f"bbox/{name}": value for name, value in evaluation.metrics.items()}
+    elif spec.format == "lvis":
+        from swiftdet.evaluation.lvis import evaluate_lvis
+
+        def score(results: list[dict]) -> dict[str, float]:
+            metrics = {}
+            for iou_type in iou_types:
+                values = evaluate_lvis(gt, results, iou_type)
+                logger.info(format_metrics(values, title=f"LVIS {iou_type}"))
+                metrics.update({f"{iou_type}/{name}": value for name, value in values.items()})
+            return metrics
+    else:
+        from swiftdet.evaluation.cityscapes import evaluate_cityscapes
+
+        image_files = {int(i): test_set.images.file_names[k] for k, i in enumerate(test_set.images.ids)}
+
+        def score(results: list[dict]) -> dict[str, float]:
+            values = evaluate_cityscapes(spec.roots[0], spec.split, results, image_files)
+            logger.info(format_metrics(values, title="Cityscapes instance segmentation"))
+            return {f"segm/{name}": value for name, value in values.items()}
+    return score
+
+
 def _make_evaluate(cfg: Config, test_set: Any):
     """``evaluate(model, prefix)`` over this rank's shard of the test set."""
-    from swiftdet.data import build_test_loader
+    from swiftdet.data import build_test_loader, evaluation_ground_truth
 
     loader = build_test_loader(cfg, test_set, batch_size=cfg.test.ims_per_batch, rank=get_rank(),
                                world_size=get_world_size(), with_targets=False)
     category_ids = list(test_set.meta.category_ids)
+    # Cityscapes' evaluation reads its own gtFine files: no COCO-format ground truth to build.
+    gt = None if cfg.data.test.format == "cityscapes" else evaluation_ground_truth(cfg.data.test)
+    scorer = _dataset_scorer(cfg, test_set, gt)
 
     def evaluate(model: nn.Module, prefix: str) -> dict[str, float]:
-        return evaluate_model(model, loader, cfg.data.test.json, category_ids, mask_on=cfg.model.mask_on, prefix=prefix,
-                              segm_area_from=cfg.test.segm_area_from, kpt_sigmas=cfg.test.keypoint_oks_sigmas)
+        return evaluate_model(model, loader, gt, category_ids, mask_on=cfg.model.mask_on, prefix=prefix,
+                              segm_area_from=cfg.test.segm_area_from, kpt_sigmas=cfg.test.keypoint_oks_sigmas,
+                              scorer=scorer)
 
     return evaluate
 
@@ -119,7 +160,7 @@ def _make_evaluate(cfg: Config, test_set: Any):
 def run_training(cfg: Config, output_dir: str | Path, *, resume: bool = False) -> dict[str, float]:
     """Train ``cfg`` in this process (joining torchrun's process group if there is one).
 
-    Returns the final evaluation metrics (empty when ``data.test.json`` is not set).
+    Returns the final evaluation metrics (empty when ``data.test`` is not set).
     """
     import copy
 
@@ -173,7 +214,7 @@ def run_training(cfg: Config, output_dir: str | Path, *, resume: bool = False) -
                                  filter_empty=cfg.data.filter_empty, verbose=rank == 0)
         if len(train_set) == 0:
             raise DatasetError(
-                f"data.train ({cfg.data.train.json}) has no usable training image: every image was dropped "
+                f"data.train ({cfg.data.train.source}) has no usable training image: every image was dropped "
                 "(see the load summary above). Check the annotations, or set data.filter_empty=false to train "
                 "on images without objects."
             )
@@ -185,21 +226,21 @@ def run_training(cfg: Config, output_dir: str | Path, *, resume: bool = False) -
             cfg.model.num_classes = train_set.meta.num_classes
             if rank == 0:
                 logger.info(f"model.num_classes={cfg.model.num_classes}, from the categories of data.train "
-                            f"({cfg.data.train.json})")
+                            f"({cfg.data.train.source})")
         _check_classes(cfg, train_set.meta, "data.train")
         evaluate = None
-        if cfg.data.test.json:
+        if cfg.data.test.is_set:
             test_set = _load_test_set(cfg, verbose=rank == 0)
             if classes_from_data and test_set.meta.num_classes != cfg.model.num_classes:
                 raise ConfigError(
-                    f"data.train ({cfg.data.train.json}) has {cfg.model.num_classes} categories but data.test "
-                    f"({cfg.data.test.json}) has {test_set.meta.num_classes}: a model is trained and evaluated on "
+                    f"data.train ({cfg.data.train.source}) has {cfg.model.num_classes} categories but data.test "
+                    f"({cfg.data.test.source}) has {test_set.meta.num_classes}: a model is trained and evaluated on "
                     "the same categories. Give both the same categories list."
                 )
             _check_classes(cfg, test_set.meta, "data.test")
             evaluate = _make_evaluate(cfg, test_set)
         elif rank == 0:
-            logger.warning("data.test.json is not set: training without evaluation (no best.pth)")
+            logger.warning("data.test is not set (data.test.json, or data.test.roots for voc/cityscapes): training without evaluation (no best.pth)")
         if rank == 0:
             # Written once the data checks passed too, so a refused run never replaces config.yaml.
             write_config(cfg, output_dir)
@@ -263,8 +304,9 @@ def run_evaluation(cfg: Config, weights: str | Path, *, output_dir: str | Path |
         if output_dir is not None:
             output_dir = prepare_output_dir_for_eval(output_dir)
         setup_logger(output_dir if rank == 0 else None, rank)
-        if not cfg.data.test.json:
-            raise ConfigError("data.test.json is empty: set data.test.json=... and data.test.image_root=... to evaluate.")
+        if not cfg.data.test.is_set:
+            raise ConfigError("data.test is not set: set data.test.json=... and data.test.image_root=... (or "
+                              "data.test.format=voc|cityscapes data.test.roots=[...] data.test.split=...) to evaluate.")
         device = default_device()
         test_set = _load_test_set(cfg, verbose=rank == 0)
         _check_classes(cfg, test_set.meta, "data.test")

@@ -90,11 +90,18 @@ def per_process_batch_size(total: int, world_size: int, accumulate_steps: int) -
 def check_best_metric(cfg: Config) -> None:
     """Fail at start, not after hours of training, when ``test.best_metric`` can never be produced."""
     name = cfg.test.best_metric
+    fmt = cfg.data.test.format
     detection = [s.name for s in detection_metric_specs((1, 10, 100))]
+    if fmt == "lvis":  # lvis-api's summary: COCO's AP rows without the recalls, plus AP by frequency
+        detection = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]
     valid = [f"bbox/{n}" for n in detection]
     if cfg.model.mask_on:
         valid += [f"segm/{n}" for n in detection]
     valid += [f"keypoints/{s.name}" for s in keypoint_metric_specs(20)]
+    if fmt == "voc":  # VOC's mean AP at IoU 0.5 (test.voc_metric says which AP)
+        valid = ["bbox/mAP"]
+    elif fmt == "cityscapes":  # cityscapesscripts' instance-level AP
+        valid = ["segm/AP", "segm/AP50"]
     if cfg.model.arch == "rpn":  # an RPN alone is evaluated by proposal recall only
         valid = [f"box_proposals/{n}" for n in proposal_metric_names()]
     if cfg.solver.ema_decay > 0:

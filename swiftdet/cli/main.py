@@ -7,13 +7,13 @@ import argparse
 import sys
 import textwrap
 
-from swiftdet.cli import browse, coco_eval, config_cmd, convert, demo, export, predict, synth, train
+from swiftdet.cli import (analyze, benchmark, browse, coco_eval, config_cmd, convert, convert_data, demo, export, flops,
+                          plot, predict, synth, train, voc_eval)
 from swiftdet.cli import eval as eval_cmd
-from swiftdet.cli import convert_data
-from swiftdet.cli import voc_eval
 from swiftdet.errors import SwiftdetError
 
-COMMANDS = (demo, train, eval_cmd, predict, config_cmd, synth, browse, coco_eval, convert, export, convert_data, voc_eval)
+COMMANDS = (demo, train, eval_cmd, predict, config_cmd, synth, browse, coco_eval, convert, export, convert_data, voc_eval,
+            benchmark, flops, plot, analyze)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,10 @@ input image (a drawn copy would replace it or mix with the originals), and when 
 listed, DIR and everything under it are left out (drawings of an earlier run). An image that
 cannot be read is skipped, listed on stdout and in DIR/skipped_images.txt; ``--strict`` makes that
 an error (exit code 2) once the other images are done, as it is when no input can be read at all.
+
+Videos (``--input video.mp4 ...``) become DIR/<name>.mp4, drawn, and DIR/<name>.json, the detections
+of every frame; a camera index (``--input 0``) is shown live in a window. Both are in
+swiftdet/cli/video.py. Long runs show a bar with rate and ETA on a terminal (swiftdet/cli/progress.py).
 """
 from __future__ import annotations
 
@@ -20,11 +24,11 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path, PurePosixPath
 
 NAME = "predict"
-HELP = "detect objects in image files or folders; write drawn images and COCO-format predictions.json"
+HELP = ("detect objects in image files or folders (drawn images and COCO-format predictions.json), in videos "
+        "(drawn video and per-frame json) or live on a camera")
 
 # Unreadable inputs of the last run, one "path<TAB>reason" line each (absent when there were none).
 SKIPPED_FILE = "skipped_images.txt"
@@ -46,8 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "best.pth or model_*.pth, or converted weights (default: the config's model.weights)")
     # Not required by argparse: --images-from may stand in for it (run() says when neither is given).
     parser.add_argument("--input", default=None, nargs="+", metavar="PATH",
-                        help="image files and/or folders (searched recursively for common image types); "
-                             "or give --images-from instead")
+                        help="image files and/or folders (searched recursively for common image types); or video "
+                             "files (.mp4, .mov, .avi, .mkv, .webm...: DIR/<name>.mp4 drawn and DIR/<name>.json per "
+                             "frame; needs pip install -e \".[video]\"); or a camera index (0, 1...: a live window "
+                             "with FPS, no --output); or give --images-from instead")
     parser.add_argument("--images-from", default=None, metavar="JSON",
                         help="predict exactly the images of this COCO annotation file (e.g. your val.json), with its "
                              "image ids and file names, so that predictions.json evaluates against it (swiftdet "
@@ -56,12 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder the file names of --images-from (or --coco-json) are relative to, as "
                              "data.test.image_root (default for --images-from: the json's folder, or the folder above "
                              "it when the images are there, as in DATA/annotations/val.json)")
-    parser.add_argument("--output", required=True, metavar="DIR",
-                        help="folder for drawn images and predictions.json; it may not hold input images (their drawn "
+    parser.add_argument("--output", default=None, metavar="DIR",
+                        help="(required but for a camera) folder for drawn images and predictions.json, or drawn "
+                             "videos and their json; it may not hold input images (their drawn "
                              "copies would replace them), and a folder inside an input folder is left out when that "
                              "folder is searched, e.g. --input photos --output photos/predictions")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass (default 1)")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N",
+                        help="images (or video frames) per forward pass (default 1)")
     parser.add_argument("--score-thresh", type=float, default=None, metavar="T",
                         help="keep detections scoring at least T (default: the config's threshold)")
     parser.add_argument("--draw-thresh", type=float, default=0.5, metavar="T",
@@ -109,8 +117,13 @@ def collect_images(paths: list[str], exclude: str | os.PathLike | None = None,
                     left_out.extend(p for p in files if _is_under(p.resolve(), inner))
                 files = kept
             if not files:
+                from swiftdet.inference.video import is_video_file
+
                 where = f" outside the output folder '{exclude}'" if inner is not None else ""
-                raise InputError(f"Input folder '{text}' holds no images{where} ({', '.join(IMAGE_EXTENSIONS)}).")
+                videos = [p for p in sorted(path.rglob("*")) if p.is_file() and is_video_file(p)]
+                hint = (f" It holds videos, e.g. {videos[0]}: give them as --input FILE.mp4 ... (folders are searched "
+                        "for images only).") if videos else ""
+                raise InputError(f"Input folder '{text}' holds no images{where} ({', '.join(IMAGE_EXTENSIONS)}).{hint}")
             found.extend(files)
         elif path.is_file():
             found.append(path)
@@ -323,25 +336,103 @@ def _check_backend_arguments(args: argparse.Namespace) -> bool:
     return True
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _video_inputs(args: argparse.Namespace) -> tuple[list[Path], int | None]:
+    """(video files, camera index) that ``--input`` names; ([], None) for images.
 
+    Videos and images go in separate runs (their outputs differ), a camera alone; flags that do not
+    apply to them are refused rather than ignored.
+    """
+    from swiftdet.errors import InputError
+    from swiftdet.inference.video import camera_index, is_video_file, open_video
+
+    inputs = args.input or []
+    cameras = [text for text in inputs if camera_index(text) is not None]
+    videos = [Path(text) for text in inputs if camera_index(text) is None and is_video_file(text)]
+    if not cameras and not videos:
+        return [], None
+    if cameras and len(inputs) > 1:
+        raise InputError(f"--input {cameras[0]} is a camera, shown live on its own: give it alone (one camera per "
+                         "run), or give files and folders.")
+    if videos and len(videos) < len(inputs):
+        other = next(text for text in inputs if not is_video_file(text))
+        raise InputError(f"--input mixes videos ({videos[0]}) with other inputs ({other}): predict videos and "
+                         "images in separate runs (a video gives a drawn .mp4 and a per-frame json, images a "
+                         "predictions.json).")
+    kind = "a camera" if cameras else "videos"
+    given = [flag for flag in ("images_from", "coco_json", "image_root") if getattr(args, flag, None)]
+    if given:
+        raise InputError(f"--{given[0].replace('_', '-')} names image ids of a COCO file; it does not apply to {kind}. "
+                         "Remove it.")
+    if cameras:
+        index = camera_index(cameras[0])
+        refused = [flag for flag, on in (("--output", args.output is not None),
+                                         ("--no-draw", getattr(args, "no_draw", False)),
+                                         ("--batch-size", args.batch_size != 1)) if on]
+        if refused:
+            raise InputError(f"--input {index} shows camera {index} live and writes nothing, one frame at a time "
+                             f"(the newest): {', '.join(refused)} does not apply. Remove it; to keep the results, "
+                             "record a video and predict it with --input video.mp4 --output DIR.")
+        return [], index
+    for path in videos:  # each opened once before the model loads: a bad file is named at once
+        if not path.is_file():
+            raise InputError(f"Input '{path}' does not exist. Give video files, image files or folders.")
+        open_video(path).close()
+    if args.output is not None:  # run() says when it is missing
+        check_output_folder(args.output, [], videos)
+    return videos, None
+
+
+def _drawer(predictor, cfg, draw_thresh: float):
+    """draw(image (H, W, 3) uint8 RGB, Instances) -> the image with the detections scoring at least
+    ``draw_thresh`` drawn (boxes, class names and scores, masks, keypoints and their skeleton)."""
+    from swiftdet.visualization.draw import COCO_PERSON_SKELETON, draw_instances
+
+    # The limbs: the training data's skeleton (in a run's checkpoint), else COCO's for a 17-keypoint model.
+    skeleton = predictor.meta.get("skeleton") or (
+        COCO_PERSON_SKELETON if cfg.model.keypoint_on and cfg.model.keypoint_head.num_keypoints == 17 else None)
+
+    def draw(image, instances):
+        shown = instances[instances.scores >= draw_thresh]
+        return draw_instances(
+            image,
+            boxes=shown.boxes.tensor.numpy(),
+            labels=shown.labels.numpy(),
+            scores=shown.scores.numpy(),
+            masks=shown.masks,  # CroppedMasks: drawn crop by crop, never at full size
+            keypoints=shown.keypoints.tensor.numpy() if shown.keypoints is not None else None,
+            skeleton=skeleton,
+            keypoint_threshold=KEYPOINT_DRAW_THRESH,
+            class_names=predictor.class_names,
+        )
+
+    return draw
+
+
+def run(args: argparse.Namespace) -> int:
+    from swiftdet.cli.progress import Progress
     from swiftdet.config.core import load_config
     from swiftdet.data.transforms import read_image
     from swiftdet.errors import InputError
     from swiftdet.evaluation.results import instances_to_coco_results
     from swiftdet.inference.predictor import Predictor
     from swiftdet.utils.io import atomic_write
-    from swiftdet.visualization.draw import COCO_PERSON_SKELETON, draw_instances, save_image
+    from swiftdet.visualization.draw import save_image
     from swiftdet.weights.checkpoint import config_for_weights
 
     exported = _check_backend_arguments(args)
     cfg = load_config(args.config, args.overrides) if not exported else None
-    paths, ids, file_names = _inputs(args)
-    image_ids = ids if ids is not None else list(range(len(paths)))
-    file_names = file_names if file_names is not None else [str(p) for p in paths]
-    draw = not getattr(args, "no_draw", False)
-    names = output_names(paths)
+    videos, camera = _video_inputs(args)
+    if camera is None and args.output is None:
+        raise InputError("predict needs --output DIR, the folder for the drawn images (or videos) and the "
+                         "predictions; only a camera (--input 0) is shown without one.")
+    if camera is None and not videos:
+        paths, ids, file_names = _inputs(args)
+    if camera is not None:  # before the model loads: say at once when there is nowhere to show it or nothing to film
+        from swiftdet.cli.video import check_display
+        from swiftdet.inference.video import camera_device
+
+        check_display()
+        camera_device(camera)
     if exported:
         from swiftdet.export.runtime import load_exported_predictor
 
@@ -355,18 +446,30 @@ def run(args: argparse.Namespace) -> int:
             print(note)
         predictor = Predictor(cfg, args.weights, device=args.device, score_thresh=args.score_thresh,
                               batch_size=args.batch_size, fast=not args.plain)
+    draw_detections = _drawer(predictor, cfg, args.draw_thresh)
+    draw = not getattr(args, "no_draw", False)
+    if camera is not None:
+        from swiftdet.cli.video import run_camera
+
+        run_camera(predictor, camera, draw_detections)
+        return 0
+    if videos:
+        from swiftdet.cli.video import predict_videos
+
+        predict_videos(predictor, videos, Path(args.output), draw=draw_detections if draw else None)
+        return 0
+
+    image_ids = ids if ids is not None else list(range(len(paths)))
+    file_names = file_names if file_names is not None else [str(p) for p in paths]
+    names = output_names(paths)
     category_ids = predictor.category_ids
-    # The limbs: the training data's skeleton (in a run's checkpoint), else COCO's for a 17-keypoint model.
-    skeleton = predictor.meta.get("skeleton") or (
-        COCO_PERSON_SKELETON if cfg.model.keypoint_on and cfg.model.keypoint_head.num_keypoints == 17 else None)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     skipped: list[tuple[Path, str]] = []
     count = 0
-    # The bar only on a terminal (a log file would fill with redraws); the summary line below always.
-    bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
-    started = time.perf_counter()
+    # A bar on a terminal, a line every 30 s elsewhere (a log would fill with redraws); the summary below always.
+    progress = Progress(len(paths), "img", "predict")
     for start in range(0, len(paths), args.batch_size):
         batch, images = [], []
         stop = min(start + args.batch_size, len(paths))
@@ -375,33 +478,19 @@ def run(args: argparse.Namespace) -> int:
                 images.append(read_image(paths[i]))
             except InputError as e:  # one unreadable file must not cost the predictions of all the others
                 skipped.append((paths[i], " ".join(str(e).split())))
-                bar.write(f"skipped {paths[i]}: {skipped[-1][1]}", file=sys.stdout)
+                progress.write(f"skipped {paths[i]}: {skipped[-1][1]}")
                 continue
             batch.append(i)
         if not batch:
-            bar.update(stop - start)
+            progress.update(stop - start)
             continue
         for i, image, instances in zip(batch, images, predictor(images)):
             results.extend(instances_to_coco_results(instances, image_ids[i], category_ids, file_name=file_names[i]))
             count += len(instances)
-            if not draw:
-                continue
-            shown = instances[instances.scores >= args.draw_thresh]
-            drawn = draw_instances(
-                image.permute(1, 2, 0).numpy(),
-                boxes=shown.boxes.tensor.numpy(),
-                labels=shown.labels.numpy(),
-                scores=shown.scores.numpy(),
-                masks=shown.masks,  # CroppedMasks: drawn crop by crop, never at full size
-                keypoints=shown.keypoints.tensor.numpy() if shown.keypoints is not None else None,
-                skeleton=skeleton,
-                keypoint_threshold=KEYPOINT_DRAW_THRESH,
-                class_names=predictor.class_names,
-            )
-            save_image(drawn, out_dir / names[i])
-        bar.update(stop - start)
-    bar.close()
-    seconds = time.perf_counter() - started
+            if draw:
+                save_image(draw_detections(image.permute(1, 2, 0).numpy(), instances), out_dir / names[i])
+        progress.update(stop - start)
+    seconds = progress.close()
     done = len(paths) - len(skipped)
     print(f"{done} images in {seconds:.1f} s ({done / max(seconds, 1e-9):.2f} images/s)", file=sys.stderr)
     atomic_write(out_dir / "predictions.json", lambda f: f.write(json.dumps(results)), mode="w")

@@ -19,7 +19,7 @@ from swiftdet.cli.main import main
 from swiftdet.config import load_config
 from swiftdet.errors import ConfigError, InputError, WeightsError
 from swiftdet.export.graph import ExportGraph
-from swiftdet.export.onnx import EXPORT_FORMAT, export_model
+from swiftdet.export.onnx import EXPORT_FORMAT, export_graph_for, export_model
 from swiftdet.export.runtime import load_exported_predictor, read_export_info
 from swiftdet.inference import Predictor
 from swiftdet.model.build import build_model
@@ -27,8 +27,12 @@ from swiftdet.utils.io import atomic_torch_save
 from swiftdet.weights.checkpoint import make_checkpoint
 
 CONFIGS = {"retinanet": "synth_retinanet_R_18_FPN", "fcos": "synth_fcos_R_18_FPN", "mask_rcnn": "demo_mask_rcnn",
-           "keypoint_rcnn": "synth_keypoint_rcnn_R_18_FPN"}
-RCNN = ("mask_rcnn", "keypoint_rcnn")
+           "keypoint_rcnn": "synth_keypoint_rcnn_R_18_FPN", "mask_rcnn_c4": "mask_rcnn_R_50_C4_1x"}
+RCNN = ("mask_rcnn", "keypoint_rcnn", "mask_rcnn_c4")
+# The C4 layout (res5 as the RoI head, masks from its output) at a test width, BN in training mode to calibrate.
+# 100 proposals, not 1000: res5 on every RoI is the slow part, and 100 cover these small images.
+C4 = ["model.backbone.depth=18", "model.backbone.weights=", "model.num_classes=5", "model.backbone.norm=BN",
+      "model.backbone.freeze_at=0", "model.rpn.pre_nms_topk_test=300", "model.rpn.post_nms_topk_test=100"]
 SIZE = ["input.min_size_test=160", "input.max_size_test=256"]
 
 
@@ -40,7 +44,7 @@ def _real_images(tiny_coco: Path, count: int) -> list[np.ndarray]:
 def _calibrated(arch: str, images: list[np.ndarray]):
     """A model with random weights whose norms are calibrated on real images and whose class
     logits spread over a realistic range (not all at the prior), and its config."""
-    cfg = load_config(CONFIGS[arch], SIZE)
+    cfg = load_config(CONFIGS[arch], SIZE + (C4 if arch == "mask_rcnn_c4" else []))
     torch.manual_seed(0)  # the layers not set below (e.g. the mask deconv) too: the same model in any test order
     model = build_model(cfg.model)
     g = torch.Generator().manual_seed(0)
@@ -63,6 +67,10 @@ def _calibrated(arch: str, images: list[np.ndarray]):
             # 1/6), small box deltas (boxes near their proposals, not degenerate).
             model.roi_heads.box_predictor.cls_score.weight.mul_(2.0)
             model.roi_heads.box_predictor.bbox_pred.weight.mul_(0.05)
+            # Decisive mask logits: res5's features give many pixels near probability 0.5, where
+            # onnxruntime's rounding flips a few (IoU 0.985 with some thread counts).
+            if model.roi_heads.mask_head is not None:
+                model.roi_heads.mask_head.predictor.weight.mul_(16.0 if arch == "mask_rcnn_c4" else 4.0)
         predictor = Predictor.from_model(cfg, model)
         batch = model.preprocess([predictor.prepare(img)[0] for img in images])
         model.train()
@@ -111,9 +119,13 @@ def _assert_same(expected, got, scales=None, atol: float = 1e-3) -> None:
         assert (o.masks is None) == (e.masks is None)
         if e.masks is not None and len(e):
             a, b = e.masks.tensor.flatten(1), o.masks.tensor.flatten(1)
-            union = (a | b).sum(1)
-            iou = torch.where(union > 0, (a & b).sum(1) / union.clamp(min=1), torch.ones_like(union, dtype=torch.float))
-            assert float(iou.min()) >= 0.99, iou.min()
+            # The probabilities are compared in the graph's outputs (test below); here pixels whose
+            # probability is within rounding of the threshold may flip, many on a flat random-weight
+            # mask: at most 1% of the union (or 2 pixels) differs on 95% of the masks, and no mask
+            # is lost (IoU > 0.5).
+            union, differ = (a | b).sum(1), (a ^ b).sum(1)
+            close = differ <= torch.clamp(0.01 * union, min=2)
+            assert float(close.float().mean()) >= 0.95 and bool((2 * differ <= union).all()), (differ, union)
         assert (o.keypoints is None) == (e.keypoints is None)
         if e.keypoints is not None:
             torch.testing.assert_close(o.keypoints.tensor[..., :2], e.keypoints.tensor[..., :2], atol=atol * scale, rtol=0)
@@ -128,11 +140,24 @@ def _scales(predictor, images) -> list[float]:
 def test_exported_model_matches_eager_for_batches_of_several_sizes(exported, images, backend):
     arch, eager, backends = exported
     assert len({img.shape for img in images}) > 1  # the batch is padded, images resized differently
+    # C4 runs res5 (its convolution blocks) on every RoI after the RoI pooling: the backends' different
+    # convolution rounding reaches the box deltas as ~1e-5 relative, 1-2e-3 px on the larger boxes.
+    atol = 2e-3 if arch == "mask_rcnn_c4" else 1e-3
     for chunk in (images[:1], images[1:3], images[:3], images[3:] + images[:2]):
         expected = eager(chunk)
         assert sum(len(r) for r in expected) > 0
-        _assert_same(expected, backends[backend](chunk), _scales(eager, chunk))
+        _assert_same(expected, backends[backend](chunk), _scales(eager, chunk), atol=atol)
     assert backends[backend].class_names == eager.class_names or eager.class_names is None
+    # The graph's own outputs on one padded batch: mask probabilities and keypoints as computed.
+    batch = eager.model.preprocess([eager.prepare(img)[0] for img in images[:3]])
+    sizes = torch.tensor(batch.image_sizes, dtype=torch.int64)
+    with torch.no_grad():
+        expected = export_graph_for(eager.model, backends[backend].cfg)(batch.tensor, sizes)
+    got = backends[backend].model.run(batch.tensor, sizes)
+    assert torch.equal(got["num_detections"], expected[3])
+    for name, e in zip(got, expected):
+        if name in ("mask_probs", "scores"):
+            torch.testing.assert_close(got[name], e, atol=atol, rtol=0)
 
 
 def test_an_image_without_detections_gives_zero_rows(exported, images):
@@ -164,7 +189,7 @@ def test_exported_files_carry_their_config_and_format(exported):
     graph = onnx.load(str(backends["onnxruntime"].model.path)).graph
     assert all(node.domain in ("", "ai.onnx") for node in graph.node)  # standard operators only
     assert [i.name for i in graph.input] == ["images", "image_sizes"]
-    extra = {"mask_rcnn": ["mask_probs"], "keypoint_rcnn": ["keypoints"]}.get(arch, [])
+    extra = {"mask_rcnn": ["mask_probs"], "mask_rcnn_c4": ["mask_probs"], "keypoint_rcnn": ["keypoints"]}.get(arch, [])
     assert [o.name for o in graph.output] == ["boxes", "scores", "labels", "num_detections", *extra]
 
 

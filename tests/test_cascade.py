@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from test_detector_contract import _batch, _canonical, _check_raw
-from test_rcnn_train import synthetic_batch
+from test_rcnn_train import synthetic_batch, train_steps
 from torch.nn import functional as F
 
 from swiftdet.config.core import load_config
@@ -158,21 +158,13 @@ def _train(steps: int) -> list[float]:
     batch = model.preprocess(images)
     names = {"loss_rpn_cls", "loss_rpn_box", "loss_mask", *(f"loss_{t}_stage{k}" for t in ("cls", "box") for k in range(3))}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    totals = []
-    for step in range(steps):
-        losses = model(batch, targets)
-        assert set(losses) == names
-        assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values()), losses
-        total = sum(losses.values())
-        opt.zero_grad()
-        total.backward()
-        if step == 0:
-            for k in range(3):
-                for mod in (model.roi_heads.box_heads[k], model.roi_heads.box_predictors[k]):
-                    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters())
-        opt.step()
-        totals.append(total.item())
-    return totals
+
+    def every_stage_has_gradients():
+        for k in range(3):
+            for mod in (model.roi_heads.box_heads[k], model.roi_heads.box_predictors[k]):
+                assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters())
+
+    return train_steps(model, batch, targets, names, steps, opt, every_stage_has_gradients)
 
 
 def test_later_stages_train_on_the_previous_stages_boxes():

@@ -8,7 +8,7 @@ import torch
 from torchvision.ops import FrozenBatchNorm2d
 
 from swiftdet.model.build import build_model
-from test_rcnn_train import synthetic_batch, tiny_config
+from test_rcnn_train import synthetic_batch, tiny_config, train_steps
 
 FAMILIES = {
     # name: (named config, loss names, steps)
@@ -67,16 +67,7 @@ def test_family_losses_are_named_finite_and_fall(kind):
     _calibrate_frozen_norms(model, batch.tensor)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     _, names, steps = FAMILIES[kind]
-    totals = []
-    for _ in range(steps):
-        losses = model(batch, targets)
-        assert set(losses) == names
-        assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values()), losses
-        total = sum(losses.values())
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        totals.append(total.item())
+    totals = train_steps(model, batch, targets, names, steps, opt)
     assert np.mean(totals[-5:]) < 0.7 * np.mean(totals[:3]), totals
     if kind == "dcn":  # the offsets start at zero (detectron2's init) and learn
         offsets = [p for n, p in model.named_parameters() if n.endswith("conv2_offset.weight")]

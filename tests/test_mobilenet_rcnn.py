@@ -34,6 +34,7 @@ from swiftdet.structures import Boxes, Instances
 from swiftdet.weights import build_model_with_weights
 from swiftdet.weights.checkpoint import load_initial_weights
 from swiftdet.weights.torchvision_rcnn import convert_rcnn_state_dict
+from test_rcnn_train import train_steps
 
 NUM_CLASSES = 5
 VARIANTS = {
@@ -262,16 +263,7 @@ def test_tiny_mobilenet_rcnn_learns_synthetic_shapes(tmp_path):
     assert all(p.requires_grad for p in model.parameters())
     batch = model.preprocess(images)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    totals = []
-    for _ in range(30):
-        losses = model(batch, targets)
-        assert set(losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"}
-        assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values()), losses
-        total = sum(losses.values())
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        totals.append(total.item())
+    totals = train_steps(model, batch, targets, {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"}, 30, opt)
     assert np.mean(totals[-5:]) < 0.6 * np.mean(totals[:3]), totals
     model.eval()
     results = model.predict(images[:2])

@@ -60,6 +60,25 @@ def synthetic_batch() -> tuple[list[torch.Tensor], list[Instances]]:
     return images, targets
 
 
+def train_steps(model, batch, targets, names: set[str], steps: int, opt, after_first_backward=None) -> list[float]:
+    """``steps`` optimiser steps on one batch; every step's losses are exactly ``names``, scalar and
+    finite. ``after_first_backward()`` runs once, with the first step's gradients in place.
+    Returns the total loss of each step."""
+    totals = []
+    for step in range(steps):
+        losses = model(batch, targets)
+        assert set(losses) == names
+        assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values()), losses
+        total = sum(losses.values())
+        opt.zero_grad()
+        total.backward()
+        if step == 0 and after_first_backward is not None:
+            after_first_backward()
+        opt.step()
+        totals.append(total.item())
+    return totals
+
+
 @pytest.mark.parametrize("name,steps", [("mask_rcnn_R_50_FPN_1x", 20), ("mask_rcnn_R_50_C4_1x", 12)])
 def test_tiny_mask_rcnn_learns(name, steps):
     torch.manual_seed(0)
@@ -72,20 +91,13 @@ def test_tiny_mask_rcnn_learns(name, steps):
     trainable_before = model.backbone.layer2[0].conv1.weight.detach().clone()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    totals = []
-    for step in range(steps):
-        losses = model(batch, targets)
-        assert set(losses) == LOSS_NAMES
-        assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values()), losses
-        total = sum(losses.values())
-        opt.zero_grad()
-        total.backward()
-        if step == 0:
-            for mod in (model.rpn.head, model.roi_heads.box_predictor, model.roi_heads.mask_head, model.roi_heads.box_head):
-                grads = [p.grad for p in mod.parameters() if p.requires_grad]
-                assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
-        opt.step()
-        totals.append(total.item())
+
+    def heads_have_gradients():
+        for mod in (model.rpn.head, model.roi_heads.box_predictor, model.roi_heads.mask_head, model.roi_heads.box_head):
+            grads = [p.grad for p in mod.parameters() if p.requires_grad]
+            assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+    totals = train_steps(model, batch, targets, LOSS_NAMES, steps, opt, heads_have_gradients)
     assert np.mean(totals[-5:]) < 0.7 * np.mean(totals[:3]), totals
     for k, v in model.state_dict().items():
         if k in frozen:

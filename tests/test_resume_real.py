@@ -126,6 +126,7 @@ def test_two_processes_write_one_run_and_train_on_different_images(tmp_path, syn
     assert [r["iter"] for r in records] == [1, 2, 3, 4]
     state = read_checkpoint(ddp / "checkpoints" / "last.pth")
     assert len(state["rng"]) == 2 and state["loader"] == {"batches": 4, "world_size": 2}
+    assert state["torch_threads"] == 1  # OMP_NUM_THREADS=1 split over 2 processes: at least one each
 
     # Each iteration the two processes train on two images each, and never on the same image: they
     # take alternate positions of one shuffled stream (32 images, 16 positions: no epoch wraps).

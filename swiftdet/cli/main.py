@@ -11,9 +11,12 @@ from swiftdet.cli import (analyze, benchmark, browse, coco_eval, config_cmd, con
                           plot, predict, synth, train, voc_eval)
 from swiftdet.cli import eval as eval_cmd
 from swiftdet.errors import SwiftdetError
+from swiftdet.utils.threads import configure_threads, parse_threads
 
 COMMANDS = (demo, train, eval_cmd, predict, config_cmd, synth, browse, coco_eval, convert, export, convert_data, voc_eval,
             benchmark, flops, plot, analyze)
+# The verbs that run a model on the CPU take --threads.
+THREADED = (demo, train, eval_cmd, predict, benchmark)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMANDS:
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
+        if module in THREADED:
+            p.add_argument("--threads", type=parse_threads, default=None, metavar="N|auto",
+                           help="CPU threads for PyTorch (default auto: one per core that other processes leave free, "
+                                "from this process's CPUs and a short load sample)")
         p.set_defaults(_run=module.run)
     return parser
 
@@ -30,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        # The console command chooses its threads; a program calling main([...]) keeps its own
+        # setting unless it passes --threads.
+        if hasattr(args, "threads") and (args.threads is not None or argv is None):
+            configure_threads(args.threads)
         return int(args._run(args) or 0)
     except SwiftdetError as e:
         # User errors: one readable paragraph, no traceback.

@@ -3,7 +3,6 @@ in every process (alone, under torchrun, or spawned by ``--nproc``)."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -262,12 +261,12 @@ def run_training(cfg: Config, output_dir: str | Path, *, resume: bool = False) -
         shutdown_distributed()
 
 
-def _training_process(cfg_dict: dict, output_dir: str, resume: bool, nproc: int) -> None:
+def _training_process(cfg_dict: dict, output_dir: str, resume: bool, nproc: int, threads: int) -> None:
     from swiftdet.config.core import config_from_dict
 
     if not torch.cuda.is_available():
-        # Processes sharing the CPU split its cores instead of oversubscribing them.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+        # Processes sharing the CPU split the parent's threads (its free cores) instead of oversubscribing them.
+        torch.set_num_threads(max(1, threads // nproc))
     run_training(config_from_dict(Config, cfg_dict), output_dir, resume=resume)
 
 
@@ -281,7 +280,7 @@ def train_in_processes(cfg: Config, output_dir: str | Path, *, resume: bool, npr
     prepare_output_dir(output_dir, resume=resume)
     per_process_batch_size(cfg.solver.ims_per_batch, nproc, cfg.solver.accumulate_steps)
     try:
-        launch(_training_process, nproc, (config_to_dict(cfg), str(output_dir), resume, nproc))
+        launch(_training_process, nproc, (config_to_dict(cfg), str(output_dir), resume, nproc, torch.get_num_threads()))
     except TrainingProcessDiedError as error:
         latest = CheckpointManager(Path(output_dir) / "checkpoints", 1).latest()
         kept = (f"The checkpoints in {latest.parent} are intact (newest: {latest.name}): continue the run with the "

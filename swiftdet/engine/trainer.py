@@ -40,6 +40,7 @@ from swiftdet.evaluation.coco import detection_metric_specs, keypoint_metric_spe
 from swiftdet.evaluation.proposals import proposal_metric_names
 from swiftdet.structures import Instances
 from swiftdet.utils.io import atomic_torch_save, atomic_write
+from swiftdet.utils.threads import current_choice
 from swiftdet.weights.checkpoint import make_checkpoint, read_checkpoint
 
 __all__ = [
@@ -262,6 +263,8 @@ class Trainer:
             rng=rng,
             loader={"batches": self.iteration * self.solver.accumulate_steps, "world_size": self.world_size},
             best_value=self.best_value,
+            # Sums over a different number of threads differ in the last bits: resume with the same.
+            torch_threads=torch.get_num_threads(),
         )
         return state
 
@@ -286,6 +289,21 @@ class Trainer:
                 "and data order continue approximately, not exactly."
             )
         restore_rng_state(rng[min(self.rank, len(rng) - 1)])
+        self._resume_thread_count(state.get("torch_threads"), path)
+
+    @staticmethod
+    def _resume_thread_count(saved: int | None, path: Path) -> None:
+        """Continue on the thread count the run was written with, unless --threads chose another."""
+        if saved is None or saved == torch.get_num_threads():
+            return
+        choice = current_choice()
+        if choice is not None and not choice.automatic:
+            logger.warning(f"{path} was written with {saved} threads and --threads is {choice.threads}: the losses "
+                           "continue equal up to float rounding, not bit for bit.")
+            return
+        logger.info(f"{torch.get_num_threads()} threads chosen for this machine's load; continuing on the {saved} "
+                    f"threads the run was written with (bit-exact resume)")
+        torch.set_num_threads(saved)
 
     def save_checkpoint(self) -> None:
         state = self.state_dict()  # collective
@@ -312,6 +330,9 @@ class Trainer:
             self.load_state_dict(state, path)
             self.last_checkpoint = path
             logger.info(f"resumed from {path} at iteration {self.iteration}")
+        elif self.device.type == "cpu":
+            choice = current_choice()
+            logger.info(f"{torch.get_num_threads()} CPU thread(s)" + (f" ({choice.reason})" if choice else ""))
         if self.rank == 0:
             self.writer = MetricsWriter(self.output_dir)
             if resume:

@@ -537,8 +537,18 @@ def _map_roi_heads(d2: _D2Config, cfg: Config) -> None:
     bh.smooth_l1_beta = float(d2.get(f"{p}.SMOOTH_L1_BETA"))
     _require(d2, f"{p}.BBOX_REG_LOSS_TYPE", ("smooth_l1",), "swiftdet's box-head regression loss is smooth L1.")
     _require(d2, f"{p}.BBOX_REG_LOSS_WEIGHT", (1.0,), "swiftdet weighs the box regression loss 1.")
-    _require(d2, f"{p}.USE_SIGMOID_CE", (False,), "swiftdet's box classifier is a softmax over K + 1 classes.")
-    _require(d2, f"{p}.USE_FED_LOSS", (False,), "swiftdet has no federated loss.")
+    # FED_LOSS_* matter only with USE_FED_LOSS (detectron2 reads them then only); fed needs sigmoid, as detectron2 asserts.
+    if d2.get(f"{p}.USE_FED_LOSS"):
+        if not d2.get(f"{p}.USE_SIGMOID_CE"):
+            raise d2.refuse(f"{p}.USE_FED_LOSS", f"the federated loss is a sigmoid cross entropy: set {p}.USE_SIGMOID_CE "
+                                                 "True too (detectron2 asserts it).")
+        bh.cls_loss = "federated"
+        bh.fed_loss_num_classes = d2.get(f"{p}.FED_LOSS_NUM_CLASSES")
+        bh.fed_loss_freq_weight_power = float(d2.get(f"{p}.FED_LOSS_FREQ_WEIGHT_POWER"))
+    elif d2.get(f"{p}.USE_SIGMOID_CE"):
+        bh.cls_loss = "sigmoid"
+    if name == "CascadeROIHeads" and bh.cls_loss != "softmax":
+        raise d2.refuse(f"{p}.USE_SIGMOID_CE", "swiftdet's Cascade R-CNN stages train a softmax classifier (False).")
     _require(d2, f"{p}.TRAIN_ON_PRED_BOXES", (False,), "swiftdet trains the box head on proposals.")
     if name == "CascadeROIHeads":
         ious = _floats(d2.get("MODEL.ROI_BOX_CASCADE_HEAD.IOUS"))

@@ -215,6 +215,21 @@ class BoxHeadConfig(Section):
     score_thresh: Probability = 0.05
     nms_thresh: Probability = 0.5
     detections_per_image: PositiveInt = 100
+    # The classifier's loss and scores. 'softmax': cross entropy over K + 1 classes. 'sigmoid': one
+    # binary cross entropy per foreground class, scores are sigmoids (detectron2's USE_SIGMOID_CE).
+    # 'federated': the sigmoid loss over each iteration's ground-truth classes plus classes drawn by
+    # (training images holding the class) ** fed_loss_freq_weight_power, fed_loss_num_classes in all
+    # (detectron2's USE_FED_LOSS, for LVIS).
+    cls_loss: Literal["softmax", "sigmoid", "federated"] = "softmax"
+    fed_loss_num_classes: PositiveInt = 50
+    fed_loss_freq_weight_power: NonNegativeFloat = 0.5
+
+    def validate(self) -> None:
+        defaults = (("fed_loss_num_classes", 50), ("fed_loss_freq_weight_power", 0.5))
+        changed = [f"model.box_head.{name}" for name, default in defaults if getattr(self, name) != default]
+        _check(self.cls_loss == "federated" or not changed,
+               f"{', '.join(changed)} set with model.box_head.cls_loss='{self.cls_loss}': they apply to the federated loss only "
+               "(model.box_head.cls_loss=federated), otherwise leave them unset.")
 
 
 @dataclass

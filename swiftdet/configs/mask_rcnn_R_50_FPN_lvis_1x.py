@@ -11,8 +11,8 @@ detectron2 calls this schedule "1x" although it is 180k iterations of 16 images 
 160k, about 29 LVIS epochs): the values here are the yaml's. The data are read from
 ``datasets/lvis/lvis_v1_{train,val}.json`` with COCO 2017's images under ``datasets/coco``
 (``train2017/``, ``val2017/``: LVIS file names come from each image's coco_url). The classifier is
-the usual softmax cross-entropy, as detectron2's file has it (the sigmoid and federated losses of
-later LVIS work are left out). The model is swiftdet's own (torchvision-style) R50-FPN
+the usual softmax cross-entropy, as detectron2's file has it (``mask_rcnn_R_50_FPN_lvis_1x_fed``
+trains it with the sigmoid and federated losses of later LVIS work). The model is swiftdet's own (torchvision-style) R50-FPN
 Mask R-CNN.
 """
 from swiftdet.config.schema import Config

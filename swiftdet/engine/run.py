@@ -95,6 +95,37 @@ def _check_classes(cfg: Config, meta: Any, field: str) -> None:
         )
 
 
+def class_image_counts(dataset: Any) -> torch.Tensor:
+    """(K,) int64: how many images of a DetectionDataset hold each class among their non-crowd
+    annotations (the objects training sees), as LVIS's ``image_count`` counts them."""
+    import numpy as np
+
+    ann = dataset.annotations
+    image_of = np.repeat(np.arange(len(dataset)), np.diff(dataset.images.ann_offsets))
+    k = dataset.meta.num_classes
+    keep = ~ann.iscrowd.astype(bool)
+    pairs = np.unique(image_of[keep] * k + ann.labels[keep])  # one entry per (image, class) present
+    return torch.from_numpy(np.bincount(pairs % k, minlength=k).astype(np.int64))
+
+
+def _set_federated_loss_weights(model: nn.Module, train_set: Any) -> None:
+    """Give a federated-loss box predictor (model.box_head.cls_loss=federated) the class frequencies
+    of data.train, from which its draw weights are made; they are saved with the model."""
+    from swiftdet.model.roi_heads import BoxPredictor
+
+    predictors = [m for m in model.modules() if isinstance(m, BoxPredictor) and m.cls_loss == "federated"]
+    if not predictors:
+        return
+    counts = class_image_counts(train_set)
+    if int(counts.sum()) == 0:
+        raise DatasetError(f"data.train ({train_set.meta.name}) has no annotated object: the federated loss "
+                           "(model.box_head.cls_loss=federated) draws classes by how many training images hold them.")
+    for predictor in predictors:
+        predictor.set_class_image_counts(counts.to(predictor.fed_loss_cls_weights.device))
+    logger.info(f"federated loss: class weights from the image counts of data.train's {len(counts)} classes "
+                f"(from {int(counts.min())} to {int(counts.max())} images per class)")
+
+
 def _load_test_set(cfg: Config, verbose: bool):
     from swiftdet.data import load_dataset
 
@@ -254,6 +285,7 @@ def run_training(cfg: Config, output_dir: str | Path, *, resume: bool = False) -
             return build_train_loader(cfg, train_set, batch_size=batch_size, rank=rank, world_size=world, start_iter=start)
 
         trainer = Trainer(cfg, model, train_loader, evaluate, train_set.meta.to_dict(), output_dir, device)
+        _set_federated_loss_weights(model, train_set)
         return trainer.train(resume=resume, checkpoint=resume_from)
     finally:
         if lock is not None:

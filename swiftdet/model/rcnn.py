@@ -177,6 +177,9 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
         if cfg.mask_on:
             mh = cfg.mask_head
             mask_head = MaskHead(res5_channels, mh.num_convs, mh.conv_dim, k, mh.norm)
+    _check(cfg.cascade.num_stages == 0 or bh.cls_loss == "softmax",
+           f"model.box_head.cls_loss='{bh.cls_loss}' is for the plain R-CNN box head: Cascade R-CNN's stages "
+           "(model.cascade.num_stages > 0) train a softmax classifier; set model.box_head.cls_loss=softmax.")
     if cfg.cascade.num_stages > 0:
         # Cascade R-CNN (FPN layout only, see the schema): a box head, class-agnostic predictor, box
         # coder and matcher per stage; pooler, sampler, thresholds, mask / keypoint heads as below.
@@ -184,7 +187,8 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
     else:
         heads_class, box_stages = RoIHeads, (
             box_head,
-            BoxPredictor(box_head.out_dim, k, bh.cls_agnostic_bbox_reg),
+            BoxPredictor(box_head.out_dim, k, bh.cls_agnostic_bbox_reg, bh.cls_loss, bh.fed_loss_num_classes,
+                         bh.fed_loss_freq_weight_power),
             BoxCoder(bh.box_reg_weights),
             Matcher(bh.fg_iou_thresh, bh.bg_iou_thresh, allow_low_quality_matches=False),
         )

@@ -21,7 +21,10 @@ from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
 from swiftdet.model.nms import per_image_nms
 from swiftdet.structures import Instances
 
-__all__ = ["BoxHead", "BoxPredictor", "MaskHead", "MultiScaleRoIPooler", "Res5BoxHead", "RoIHeads", "boxes_to_rois"]
+__all__ = [
+    "BoxHead", "BoxPredictor", "MaskHead", "MultiScaleRoIPooler", "Res5BoxHead", "RoIHeads", "boxes_to_rois",
+    "federated_classes", "sigmoid_classification_loss",
+]
 
 
 def boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
@@ -136,23 +139,127 @@ class Res5BoxHead(nn.Module):
         return self.res5(x).mean(dim=(2, 3))
 
 
+CLS_LOSSES = ("softmax", "sigmoid", "federated")
+
+
 class BoxPredictor(nn.Module):
     """Class scores over num_classes + 1 (background first) and box deltas: class-specific over the
-    same K + 1 slots, or one class-agnostic regression (``cls_agnostic``, 4 outputs)."""
+    same K + 1 slots, or one class-agnostic regression (``cls_agnostic``, 4 outputs).
 
-    def __init__(self, in_dim: int, num_classes: int, cls_agnostic: bool = False):
+    ``cls_loss`` is how the scores are trained and read, as detectron2's ``FastRCNNOutputLayers``:
+    'softmax' (cross entropy over the K + 1 scores, softmax probabilities); 'sigmoid' (one binary
+    cross entropy per foreground class, summed and divided by the number of RoIs; probabilities are
+    sigmoids); 'federated' (the sigmoid loss over the classes :func:`federated_classes` draws each
+    iteration only). In both sigmoid forms the background score is kept (detectron2's checkpoints
+    have it) but neither trained nor read.
+
+    With 'federated' the buffer ``fed_loss_cls_weights`` (K,) holds each class's weight for the
+    draw, (training images holding the class) ** ``fed_loss_freq_weight_power`` (detectron2's
+    buffer of the same name); :meth:`set_class_image_counts` fills it before training and the
+    checkpoint keeps it. It starts at zero: training refuses to draw from unset weights.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        cls_agnostic: bool = False,
+        cls_loss: str = "softmax",
+        fed_loss_num_classes: int = 50,
+        fed_loss_freq_weight_power: float = 0.5,
+    ):
         super().__init__()
+        if cls_loss not in CLS_LOSSES:
+            raise ValueError(f"BoxPredictor: unknown cls_loss {cls_loss!r}, not one of {CLS_LOSSES}")
         self.cls_agnostic = cls_agnostic
+        self.cls_loss = cls_loss
+        self.fed_loss_num_classes = fed_loss_num_classes
+        self.fed_loss_freq_weight_power = fed_loss_freq_weight_power
         self.cls_score = nn.Linear(in_dim, num_classes + 1)
         self.bbox_pred = nn.Linear(in_dim, 4 if cls_agnostic else (num_classes + 1) * 4)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
+        if cls_loss == "federated":
+            self.register_buffer("fed_loss_cls_weights", torch.zeros(num_classes))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(R, D) -> (R, K+1) logits, (R, 4(K+1)) deltas."""
         return self.cls_score(x), self.bbox_pred(x)
+
+    def set_class_image_counts(self, counts: Tensor) -> None:
+        """Federated loss: the draw weights from (K,) counts of training images holding each class."""
+        if self.cls_loss != "federated":
+            raise ValueError(f"BoxPredictor: class image counts serve the federated loss, not cls_loss={self.cls_loss!r}")
+        counts = torch.as_tensor(counts, dtype=torch.float32).reshape(-1)
+        if counts.shape != self.fed_loss_cls_weights.shape:
+            raise ValueError(f"BoxPredictor: {counts.numel()} class image counts for {self.fed_loss_cls_weights.numel()} classes")
+        self.fed_loss_cls_weights.copy_(counts ** self.fed_loss_freq_weight_power)
+
+    def classification_loss(self, class_logits: Tensor, labels: Tensor) -> Tensor:
+        """Scalar loss of (R, K + 1) logits against (R,) labels (0 background, 1..K foreground)."""
+        if self.cls_loss == "softmax":
+            return F.cross_entropy(class_logits, labels)
+        mask = None
+        if self.cls_loss == "federated":
+            if not bool((self.fed_loss_cls_weights > 0).any()):
+                raise ValueError("BoxPredictor: the federated loss's class weights are unset (all zero): call "
+                                 "set_class_image_counts with the training set's per-class image counts first "
+                                 "(swiftdet train does it from data.train)")
+            mask = federated_classes(labels, self.fed_loss_num_classes, self.fed_loss_cls_weights)
+        return sigmoid_classification_loss(class_logits, labels, mask)
+
+    def class_probs(self, class_logits: Tensor) -> Tensor:
+        """(R, K + 1) probabilities of (R, K + 1) logits: softmax, or per-class sigmoids (detectron2's predict_probs)."""
+        if self.cls_loss == "softmax":
+            return F.softmax(class_logits, dim=-1)
+        return class_logits.sigmoid()
+
+
+def sigmoid_classification_loss(class_logits: Tensor, labels: Tensor, class_mask: Tensor | None = None) -> Tensor:
+    """detectron2's ``sigmoid_cross_entropy_loss`` in swiftdet's layout: binary cross entropy of the K
+    foreground logits of (R, K + 1) ``class_logits`` (background first) against one-hot targets of (R,)
+    ``labels`` (0: background, all targets zero), summed over classes and RoIs and divided by R.
+    ``class_mask`` (K,) keeps the loss of the classes it marks only (the federated loss)."""
+    num_rois = class_logits.shape[0]
+    if num_rois == 0:
+        return class_logits.sum() * 0.0
+    logits = class_logits[:, 1:]
+    classes = torch.arange(1, class_logits.shape[1], device=labels.device)
+    if class_mask is not None:
+        # Only the kept columns: the same sum as masking every term, at a fraction of LVIS's 1203.
+        keep = torch.nonzero(class_mask).squeeze(1)
+        logits, classes = logits[:, keep], classes[keep]
+    target = (labels[:, None] == classes[None, :]).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / num_rois
+
+
+def federated_classes(labels: Tensor, num_fed_classes: int, weights: Tensor) -> Tensor:
+    """(K,) bool: the foreground classes of this iteration's federated loss (detectron2's
+    ``get_fed_loss_classes``, from CenterNet2): every class among the (R,) sampled RoIs' labels, plus
+    classes drawn without replacement with probability proportional to (K,) ``weights`` until
+    ``num_fed_classes`` are chosen.
+
+    As in detectron2, the background (when some RoI is background) counts as one of the
+    ``num_fed_classes`` though it is never in the loss, and the draw is one ``torch.multinomial`` over
+    the K + 1 slots in detectron2's order (foreground 0..K-1, background last, weight 0), so that it
+    picks what detectron2 picks from the same random state. Where fewer classes than wanted have a
+    weight above zero all of them are taken (detectron2's multinomial would fail there).
+    """
+    k = weights.shape[0]
+    present = torch.unique(torch.where(labels == 0, k, labels - 1))  # detectron2's numbering
+    chosen = torch.zeros(k + 1, dtype=torch.bool, device=labels.device)
+    chosen[present] = True
+    wanted = num_fed_classes - present.numel()
+    if wanted > 0:
+        prob = weights.detach().float().to(labels.device).clone()
+        prob = torch.cat([prob, prob.new_zeros(1)])
+        prob[present] = 0
+        wanted = min(wanted, int((prob > 0).sum()))
+        if wanted > 0:
+            chosen[torch.multinomial(prob, wanted, replacement=False)] = True
+    return chosen[:k]
 
 
 class MaskHead(nn.Module):
@@ -301,7 +408,7 @@ class RoIHeads(nn.Module):
         class_logits, box_deltas = self.box_predictor(box_features)
 
         labels_all = torch.cat(labels)
-        loss_cls = F.cross_entropy(class_logits, labels_all)
+        loss_cls = self.box_predictor.classification_loss(class_logits, labels_all)
         pos = torch.nonzero(labels_all > 0).squeeze(1)
         pos_labels = labels_all[pos]
         gt_boxes = torch.cat([t.boxes.tensor.to(p.dtype)[m] if len(t) else torch.zeros_like(p) for t, p, m in zip(targets, props, matched)])
@@ -398,7 +505,7 @@ class RoIHeads(nn.Module):
         boxes = clip_boxes(boxes, image_sizes[image_of_roi][:, None, :])
         if boxes.shape[1] == 1:
             boxes = boxes.expand(-1, class_logits.shape[1], 4)
-        return F.softmax(class_logits, dim=-1), boxes
+        return self.box_predictor.class_probs(class_logits), boxes
 
     def _detections(
         self, features: dict[str, Tensor], rois: Tensor, probs: Tensor, boxes: Tensor, image_sizes: Tensor

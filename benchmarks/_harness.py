@@ -4,7 +4,8 @@ A benchmark script provides ``build_models(model, seed=0, fast=True) -> (torchvi
 ``make_image()``, ``run_tv(tv, image)`` and ``run_ours(ours, image)``; :func:`compare` times both
 models alternately after a warm-up, prints medians and the ratio, the script's agreement verdict, and
 (unless ``--no-memory``) the peak memory one inference needs above the loaded model, each measured in
-a fresh process so neither model's allocations colour the other's.
+a fresh process so neither model's allocations colour the other's, and (unless ``--no-flops``) the
+GFLOP/s each achieves against this machine's measured matmul and convolution peaks.
 """
 from __future__ import annotations
 
@@ -27,6 +28,41 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--plain", action="store_true", help="run swiftdet without fuse_for_inference")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count and this machine's peak")
+
+
+def machine_peaks(threads: int, repeats: int = 5) -> dict[str, float]:
+    """This machine's fp32 GFLOP/s on ``threads`` threads: a 2048^3 matrix product and a 3x3
+    convolution of 256 channels on a 200x304 channels-last map (an FPN level of an 800x1216 image)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(memory_format=torch.channels_last).eval()
+    x = torch.randn(1, 256, 200, 304).to(memory_format=torch.channels_last)
+    figures = {}
+    with torch.no_grad():
+        for name, fn, flops in (("matmul", lambda: a @ b, 2 * 2048**3),
+                                ("conv3x3", lambda: conv(x), 2 * 256 * 256 * 9 * 200 * 304)):
+            fn()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            figures[name] = flops / statistics.median(times) / 1e9
+    return figures
+
+
+def print_compute(flops: int, med: dict[str, float], threads: int) -> None:
+    """Achieved GFLOP/s of each model (FlopCounterMode's count of torchvision's model: 2 per
+    multiply-add) against this machine's measured peaks, so that everyone sees how close to the
+    limit the models run."""
+    peaks = machine_peaks(threads)
+    print(f"  compute: {flops / 1e9:.1f} GFLOP per inference (FlopCounterMode, torchvision's model); this machine: "
+          f"matmul {peaks['matmul']:.0f} GFLOP/s, 3x3 conv channels-last {peaks['conv3x3']:.0f} GFLOP/s")
+    for name in NAMES:
+        achieved = flops / med[name] / 1e9
+        print(f"  {name:12s} {achieved:6.1f} GFLOP/s = {achieved / peaks['matmul']:.2f} of the matmul peak, "
+              f"{achieved / peaks['conv3x3']:.2f} of the conv peak")
 
 
 def _rss_bytes() -> int:
@@ -80,6 +116,10 @@ def compare(script: str, args: argparse.Namespace, title: str, agreement: Callab
         print(f"  {name:12s} median {med[name] * 1000:8.1f} ms   (all: {', '.join(f'{t * 1000:.0f}' for t in times[name])})")
     print(f"  latency ratio swiftdet/torchvision: {med['swiftdet'] / med['torchvision']:.3f}")
     print(f"  detections agree: {agreement(tv_out, ours_out)}")
+    if not args.no_flops:
+        from swiftdet.inference.flops import count_flops
+
+        print_compute(count_flops(tv, lambda: bench.run_tv(tv, image)).total_flops, med, args.threads)
     if not args.no_memory:
         del tv, ours
         mem = {name: peak_inference_memory(script, name, args.model, args.threads, not args.plain) for name in NAMES}

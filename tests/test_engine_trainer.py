@@ -212,3 +212,25 @@ def test_bf16_autocast_on_cpu_trains_and_fp16_needs_cuda(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="solver.amp=fp16 needs a CUDA GPU"):
             build_toy_trainer(toy_config("solver.amp=fp16"), tmp_path / "fp16", resume=False)
+
+
+def test_a_checkpoint_from_before_a_new_model_field_still_resumes():
+    """A run started before an upgrade added a model field: its checkpoint's config lacks the key,
+    which stands for the field's default (what that model trained with), not a change."""
+    import copy
+
+    from swiftdet.config.core import config_to_dict, load_config
+    from swiftdet.engine.checkpoint import check_same_model_config
+
+    now = config_to_dict(load_config("demo_mask_rcnn"))
+    older = copy.deepcopy(now)
+    del older["model"]["box_head"]["cls_loss"]
+    check_same_model_config(now, {"config": older}, "run/checkpoints/last.pth")
+    changed = copy.deepcopy(now)
+    changed["model"]["box_head"]["cls_loss"] = "sigmoid"
+    with pytest.raises(WeightsError, match="box_head.cls_loss: checkpoint 'softmax', config 'sigmoid'"):
+        check_same_model_config(changed, {"config": older}, "run/checkpoints/last.pth")
+    changed = copy.deepcopy(now)
+    changed["model"]["box_head"]["fc_dim"] = 7
+    with pytest.raises(WeightsError, match="fc_dim"):
+        check_same_model_config(changed, {"config": older}, "run/checkpoints/last.pth")

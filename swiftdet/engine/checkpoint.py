@@ -87,13 +87,25 @@ def _model_relevant(config: dict[str, Any]) -> dict[str, Any]:
     return model
 
 
-def _differences(a: Any, b: Any, prefix: str) -> list[str]:
+def _differences(a: Any, b: Any, prefix: str, defaults: Any = None) -> list[str]:
+    """Where config ``a`` and checkpoint config ``b`` differ. A key ``b`` lacks (a checkpoint of an
+    older swiftdet, before the field existed) stands for the field's value in ``defaults``: the
+    model that checkpoint trained, so a run started before an upgrade still resumes."""
     if isinstance(a, dict) and isinstance(b, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
         out = []
         for key in sorted(set(a) | set(b)):
-            out += _differences(a.get(key), b.get(key), f"{prefix}.{key}")
+            theirs = b[key] if key in b else defaults.get(key)
+            out += _differences(a.get(key), theirs, f"{prefix}.{key}", defaults.get(key))
         return out
     return [] if a == b else [f"{prefix}: checkpoint {b!r}, config {a!r}"]
+
+
+def _model_defaults() -> dict[str, Any]:
+    from swiftdet.config.core import config_to_dict
+    from swiftdet.config.schema import Config
+
+    return _model_relevant(config_to_dict(Config()))
 
 
 def check_same_model_config(config: dict[str, Any], checkpoint: dict[str, Any], path: str | Path) -> None:
@@ -101,7 +113,7 @@ def check_same_model_config(config: dict[str, Any], checkpoint: dict[str, Any], 
     saved = checkpoint.get("config")
     if not isinstance(saved, dict):
         raise WeightsError(f"Checkpoint '{path}' holds no config, so it cannot be checked against this run's config.")
-    diffs = _differences(_model_relevant(config), _model_relevant(saved), "model")
+    diffs = _differences(_model_relevant(config), _model_relevant(saved), "model", _model_defaults())
     if diffs:
         shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
         raise WeightsError(

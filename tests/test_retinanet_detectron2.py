@@ -262,6 +262,51 @@ def test_training_step_in_detectron2_convention():
     assert model.head.bbox_pred.weight.grad.abs().sum() > 0
 
 
+def test_losses_are_normalised_by_detectron2s_moving_foreground_count():
+    """detectron2's RetinaNet.losses: both sums over the batch divided by the normaliser after
+    n <- 0.9 n + 0.1 max(1, #foreground), from n = 100; a run's checkpoints keep n, weight files not."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    from swiftdet.engine.checkpoint import load_training_buffers, training_buffers
+    from swiftdet.weights.checkpoint import make_checkpoint
+
+    torch.manual_seed(0)
+    cfg = _cfg()
+    model = build_model(cfg).train()
+    g = torch.Generator().manual_seed(3)
+    batch = model.preprocess([torch.rand(3, 128, 160, generator=g) * 255, torch.rand(3, 96, 128, generator=g) * 255])
+    targets = [Instances((128, 160), boxes=Boxes(torch.tensor([[10.0, 12.0, 70.0, 90.0]])), labels=torch.tensor([1])),
+               Instances((96, 128), boxes=Boxes(torch.tensor([[5.0, 5.0, 40.0, 30.0], [50.0, 20.0, 120.0, 90.0]])),
+                         labels=torch.tensor([0, 3]))]
+    logits, deltas, anchors = model._head_outputs(batch.tensor)
+    logits, deltas = torch.cat(logits, 1), torch.cat(deltas, 1)
+    labels, matched = model.match(anchors, targets)
+    fg, valid = labels >= 0, labels != -2
+    num_fg = int(fg.sum())
+    assert num_fg > 0
+    onehot = torch.zeros_like(logits)
+    onehot[fg] = torch.nn.functional.one_hot(labels[fg], NUM_CLASSES).float()
+    focal = sigmoid_focal_loss(logits[valid], onehot[valid], alpha=0.25, gamma=2.0, reduction="sum")
+    box = (deltas[fg] - model.box_coder.encode(matched[fg], anchors.expand(2, -1, -1)[fg])).abs().sum()
+    normaliser = 100.0
+    for _ in range(2):  # the second step moves on from the first's normaliser
+        normaliser = 0.9 * normaliser + 0.1 * max(1, num_fg)
+        got = model.loss(logits, deltas, anchors, targets)
+        torch.testing.assert_close(got["loss_cls"], focal / normaliser, rtol=1e-5, atol=0)
+        torch.testing.assert_close(got["loss_box"], box / normaliser, rtol=1e-5, atol=0)
+    model.eval()
+    model.loss(logits, deltas, anchors, targets)  # evaluation leaves it alone
+    assert float(model.loss_normalizer) == pytest.approx(normaliser)
+
+    state = training_buffers(model)
+    assert float(state["loss_normalizer"]) == pytest.approx(normaliser)
+    assert "loss_normalizer" not in make_checkpoint(model, load_config("d2_retinanet_R_50_FPN_1x"), {})["model"]
+    fresh = build_model(cfg)
+    assert float(fresh.loss_normalizer) == 100.0
+    load_training_buffers(fresh, state, "last.pth")
+    assert float(fresh.loss_normalizer) == pytest.approx(normaliser)
+
+
 @pytest.mark.parametrize("config_name,arch", [("fcos_R_50_FPN_1x", "fcos"), ("ssdlite320_MV3", "ssd")])
 def test_fcos_and_ssd_refuse_the_detectron2_convention(config_name, arch):
     cfg = load_config(config_name, ["model.num_classes=3", "model.convention=detectron2"]).model

@@ -37,7 +37,9 @@ __all__ = [
     "capture_rng_state",
     "check_resume_solver_config",
     "check_same_model_config",
+    "load_training_buffers",
     "restore_rng_state",
+    "training_buffers",
 ]
 
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
@@ -106,6 +108,29 @@ def _model_defaults() -> dict[str, Any]:
     from swiftdet.config.schema import Config
 
     return _model_relevant(config_to_dict(Config()))
+
+
+def training_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's non-persistent buffers by name: state that training changes but weight files
+    leave out (detectron2 RetinaNet's loss normaliser), which a run's checkpoints carry so that a
+    resume continues from it exactly."""
+    out = {}
+    for path, module in model.named_modules():
+        for name in module._non_persistent_buffers_set:
+            value = module._buffers.get(name)
+            if value is not None:
+                out[f"{path}.{name}" if path else name] = value.detach().cpu().clone()
+    return out
+
+
+def load_training_buffers(model: torch.nn.Module, saved: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Copy :func:`training_buffers` of a checkpoint back into ``model`` (the same model config)."""
+    own = {f"{p}.{n}" if p else n: (m, n) for p, m in model.named_modules() for n in m._non_persistent_buffers_set}
+    for key, value in saved.items():
+        if key not in own:
+            raise WeightsError(f"Checkpoint '{path}' holds training state '{key}' that this model does not have.")
+        module, name = own[key]
+        module._buffers[name].copy_(value)
 
 
 def check_same_model_config(config: dict[str, Any], checkpoint: dict[str, Any], path: str | Path) -> None:

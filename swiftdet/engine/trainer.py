@@ -29,7 +29,9 @@ from swiftdet.engine.checkpoint import (
     CheckpointManager,
     capture_rng_state,
     check_same_model_config,
+    load_training_buffers,
     restore_rng_state,
+    training_buffers,
 )
 from swiftdet.engine.distributed import all_gather_object, barrier, get_rank, get_world_size, local_rank
 from swiftdet.engine.ema import ModelEMA
@@ -265,12 +267,14 @@ class Trainer:
             best_value=self.best_value,
             # Sums over a different number of threads differ in the last bits: resume with the same.
             torch_threads=torch.get_num_threads(),
+            training_buffers=training_buffers(self.module),
         )
         return state
 
     def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
         check_same_model_config(config_to_dict(self.cfg), state, path)
         self.module.load_state_dict(state["model"])
+        load_training_buffers(self.module, state.get("training_buffers", {}), path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:

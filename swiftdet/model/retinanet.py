@@ -9,7 +9,8 @@ torchvision's ``retinanet_resnet50_fpn_v2``. Inference and losses follow torchvi
 ``model.convention = "detectron2"`` gives detectron2's RetinaNet instead: size-major anchors at
 nominal strides (with its anchor offset), and at inference the threshold on sigmoid probabilities,
 class-wise NMS across levels on the unclipped boxes, the per-image cap, then clipping (the shell
-drops boxes clipped to nothing). Training uses the same anchors and the losses above.
+drops boxes clipped to nothing). Training uses the same anchors and the losses above, normalised
+detectron2's way (a moving average of the foreground count, see :meth:`RetinaNet.loss`).
 """
 from __future__ import annotations
 
@@ -128,6 +129,11 @@ class RetinaNet(Detector):
         self.topk_candidates = topk_candidates
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
+        if self.convention == "detectron2":
+            # detectron2 divides both losses by a moving average of the batch's foreground anchor
+            # count (from 100, momentum 0.9). Training state, not a weight: not in weight files, but
+            # in a run's checkpoints (engine.checkpoint.training_buffers), so that a resume is exact.
+            self.register_buffer("loss_normalizer", torch.tensor(100.0), persistent=False)
 
     def _head_outputs(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
         """Per level (B, N_l, K) logits and (B, N_l, 4) deltas, and the (N, 4) anchors of all levels."""
@@ -165,7 +171,9 @@ class RetinaNet(Detector):
 
     def loss(self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: list[Instances]) -> dict[str, Tensor]:
         """Focal loss and box loss, each normalised per image by its number of foreground anchors
-        and averaged over images (torchvision's convention).
+        and averaged over images (torchvision's convention); in detectron2's convention both sums
+        over the batch divided by ``loss_normalizer``, first moved towards the batch's foreground
+        count (``n <- 0.9 n + 0.1 max(1, #foreground)``, in training).
 
         Args:
             logits: (B, N, K); deltas: (B, N, 4); anchors: (N, 4).
@@ -175,8 +183,14 @@ class RetinaNet(Detector):
         foreground = labels >= 0
         valid = labels != Matcher.BETWEEN_THRESHOLDS
         num_images = logits.shape[0]
-        # Per-image weight 1 / (max(1, #foreground) * B).
-        weight = 1.0 / (foreground.sum(dim=1).clamp(min=1).to(logits.dtype) * num_images)
+        if self.convention == "detectron2":
+            if self.training:
+                count = foreground.sum().clamp(min=1).to(self.loss_normalizer.dtype)
+                self.loss_normalizer.mul_(0.9).add_(0.1 * count)
+            weight = (1.0 / self.loss_normalizer).to(logits.dtype).expand(num_images)
+        else:
+            # Per-image weight 1 / (max(1, #foreground) * B).
+            weight = 1.0 / (foreground.sum(dim=1).clamp(min=1).to(logits.dtype) * num_images)
 
         cls_target = torch.zeros_like(logits)
         img_idx, anchor_idx = foreground.nonzero(as_tuple=True)

@@ -395,6 +395,31 @@ def test_single_layout_builds_and_runs():
     assert out["mask_probs"].shape[1:] == (28, 28) and out["boxes"].shape[1] == 4
 
 
+def test_single_layout_keypoint_model_runs_and_trains():
+    """Keypoint R-CNN on one dilated res5 map (detectron2's keypoint head reads whichever features
+    its pooler is given): keypoints come out per detection and the heatmap loss trains the head."""
+    from swiftdet.structures import Boxes, Instances, Keypoints
+
+    torch.manual_seed(0)
+    cfg = _single_cfg()
+    cfg.mask_on, cfg.keypoint_on = False, True
+    cfg.keypoint_head.num_keypoints, cfg.keypoint_head.conv_dim, cfg.keypoint_head.num_convs = 3, 16, 2
+    cfg.validate()
+    model = build_rcnn(cfg, size_divisibility=1).eval()
+    assert model.roi_heads.keypoint_pooler.scales == [1 / 16]
+    with torch.no_grad():
+        out = model.core(torch.randn(1, 3, 100, 140), torch.tensor([[100, 140]]))
+    assert out["keypoints"].shape[1:] == (3, 3)
+    model.train()
+    kps = torch.tensor([[[30.0, 30.0, 2.0], [60.0, 50.0, 2.0], [45.0, 70.0, 1.0]]])
+    target = Instances((100, 140), boxes=Boxes(torch.tensor([[20.0, 20.0, 80.0, 90.0]])), labels=torch.tensor([1]),
+                       keypoints=Keypoints(kps))
+    losses = model(model.preprocess([torch.rand(3, 100, 140) * 255]), [target])
+    assert "loss_keypoint" in losses and torch.isfinite(losses["loss_keypoint"])
+    losses["loss_keypoint"].backward()
+    assert model.roi_heads.keypoint_head.score_lowres.weight.grad.abs().sum() > 0
+
+
 def test_validation_messages():
     cfg = _single_cfg()
     cfg.box_head.in_features = ("res4",)

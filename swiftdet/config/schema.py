@@ -419,8 +419,9 @@ class ModelConfig(Section):
         _check(self.convention == "detectron2" or self.retinanet.anchors.offset == 0.0,
                "model.retinanet.anchors.offset is detectron2's ANCHOR_GENERATOR.OFFSET: set model.convention=detectron2 or "
                "leave it 0.")
-        _check(not (self.keypoint_on and (self.arch != "rcnn" or self.layout != "fpn")),
-               f"model.keypoint_on needs arch 'rcnn' with layout 'fpn' (got '{self.arch}', '{self.layout}').")
+        # C4 runs res5 as the box head, on which detectron2 has no keypoint head either.
+        _check(not (self.keypoint_on and (self.arch != "rcnn" or self.layout == "c4")),
+               f"model.keypoint_on needs arch 'rcnn' with layout 'fpn' or 'single' (got '{self.arch}', '{self.layout}').")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -279,13 +279,13 @@ def run_training(cfg: Config, output_dir: str | Path, *, resume: bool = False) -
                         f"{cfg.solver.accumulate_steps} accumulation step(s)")
 
         model = build_detector(cfg, device)
+        _set_federated_loss_weights(model, train_set)
         seed_everything(cfg.seed + rank)  # per-process random streams from here on
 
         def train_loader(start: int):
             return build_train_loader(cfg, train_set, batch_size=batch_size, rank=rank, world_size=world, start_iter=start)
 
         trainer = Trainer(cfg, model, train_loader, evaluate, train_set.meta.to_dict(), output_dir, device)
-        _set_federated_loss_weights(model, train_set)
         return trainer.train(resume=resume, checkpoint=resume_from)
     finally:
         if lock is not None:

@@ -141,7 +141,7 @@ def test_every_config_field_is_read(synth, tmp_path):
             ("faster_rcnn_R_50_FPN_v2", TINY_RCNN),
             ("retinanet_R_50_FPN_v2", TINY_DENSE),
             ("retinanet_R_50_FPN_1x", [*TINY_DENSE, "model.retinanet.box_loss=smooth_l1", "model.retinanet.smooth_l1_beta=0.1"]),
-            ("fcos_R_50_FPN_1x", TINY_DENSE),
+            ("fcos_R_50_FPN_1x", [*TINY_DENSE, "test.aug.enabled=true", "test.aug.min_sizes=[48,64]"]),
             ("faster_rcnn_MV3_FPN_320", TINY_RCNN[1:]),
             ("ssdlite320_MV3", ["input.fixed_size=[64,64]"]),
             ("keypoint_rcnn_R_50_FPN_1x", [*TINY_RCNN, "model.num_classes=2", "model.keypoint_head.conv_dim=16",

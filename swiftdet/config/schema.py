@@ -675,6 +675,22 @@ class SolverConfig(Section):
 
 
 @dataclass
+class TestAugConfig(Section):
+    """Test-time augmentation (swiftdet.model.tta): every image is run at each of ``min_sizes``
+    (short side, long side at most ``max_size``), and mirrored too with ``flip``; the detections of
+    all runs are merged. detectron2's TEST.AUG settings and defaults."""
+
+    enabled: bool = False
+    flip: bool = True
+    min_sizes: tuple[PositiveInt, ...] = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
+    max_size: PositiveInt = 4000
+
+    def validate(self) -> None:
+        _check(not self.enabled or len(self.min_sizes) > 0,
+               "test.aug.enabled=true needs at least one size in test.aug.min_sizes, e.g. test.aug.min_sizes=[600,800,1000].")
+
+
+@dataclass
 class TestConfig(Section):
     eval_period: NonNegativeInt = 0  # 0: evaluate only at the end of training
     ims_per_batch: PositiveInt = 1
@@ -689,6 +705,8 @@ class TestConfig(Section):
     # VOC AP of a data.test in format 'voc' (swiftdet.evaluation.voc): 'area' (VOC2010+, the area under
     # the precision envelope) or 'voc07' (VOC2007's 11-point AP, what VOC2007-test results quote).
     voc_metric: Literal["voc07", "area"] = "area"
+    # Test-time augmentation of `swiftdet eval`, the evaluations during training and `swiftdet predict`.
+    aug: TestAugConfig = field(default_factory=TestAugConfig)
 
 
 @dataclass
@@ -716,6 +734,15 @@ class Config(Section):
         _check(not (self.model.arch == "ssd" and self.input.resize == "fixed" and any(v % d for v in fixed)),
                f"input.size_divisibility={d} would pad SSD's input.fixed_size {list(fixed)} to other sizes and move its "
                "default boxes: set input.size_divisibility=1 (or a divisor of both sides).")
+        aug = self.test.aug
+        # Test-time augmentation resizes to each of test.aug.min_sizes and merges detections.
+        _check(not (aug.enabled and (self.input.resize == "fixed" or self.model.arch in ("ssd", "rpn"))),
+               f"test.aug.enabled=true does not apply to model.arch '{self.model.arch}' with input.resize "
+               f"'{self.input.resize}': test-time augmentation resizes the short side to test.aug.min_sizes and merges "
+               "detections (R-CNN, RetinaNet, FCOS). Set test.aug.enabled=false.")
+        _check(not (aug.enabled and aug.flip and self.model.keypoint_on),
+               "test.aug.flip=true with a keypoint model: a mirrored image swaps left and right keypoints, which "
+               "test-time augmentation does not map back. Set test.aug.flip=false (sizes only) for keypoint models.")
 
 
 def _record_config_keys(cls: type, prefix: str = "") -> None:

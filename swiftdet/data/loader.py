@@ -29,7 +29,8 @@ from swiftdet.data.transforms import (
 from swiftdet.errors import DatasetError, InputError, SwiftdetError
 from swiftdet.structures import Instances, flip_indices
 
-__all__ = ["Sample", "SampleMapper", "read_record_image", "TestLoader", "TrainLoader", "build_test_loader", "build_train_loader"]
+__all__ = ["Sample", "SampleMapper", "read_record_image", "TestLoader", "TrainLoader", "build_test_loader", "build_train_loader",
+           "tta_resizes"]
 
 
 @dataclass
@@ -37,7 +38,8 @@ class Sample:
     """One image ready for ``model.preprocess``.
 
     Attributes:
-        image: (3, H, W) float32 RGB in 0-255, already resized (not normalised, not padded).
+        image: (3, H, W) float32 RGB in 0-255, already resized (not normalised, not padded); at
+            its size on disk from a test loader with ``original_images`` (test-time augmentation).
         image_id: dataset image id.
         file_name: path of the image file (image_root joined with the json's file_name).
         original_size: (h, w) of the image on disk.
@@ -78,6 +80,8 @@ class SampleMapper:
             (:meth:`load`) at indices drawn from that same generator, so a sample stays a function
             of (seed, position) whatever the workers or a resume.
         with_targets: build ``Sample.instances``.
+        original_images: test samples keep the image at its size on disk (no ``test_transform``):
+            test-time augmentation resizes each image itself (:func:`tta_resizes`).
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class SampleMapper:
         seed: int = 0,
         keypoint_flip_map: Sequence[tuple[str, str]] = (),
         with_targets: bool = True,
+        original_images: bool = False,
     ):
         if training and train_transform is None:
             raise ValueError("a training SampleMapper needs its train_transform")
@@ -101,6 +106,7 @@ class SampleMapper:
         self.test_transform = test_transform
         self.seed = int(seed)
         self.with_targets = with_targets
+        self.original_images = original_images and not training
         names = dataset.meta.keypoint_names
         flip_map = tuple(keypoint_flip_map) or dataset.meta.keypoint_flip_map
         try:
@@ -135,6 +141,8 @@ class SampleMapper:
         if self.training:
             rng = augmentation_rng(self.seed, position)
             image, instances = self.train_transform(image, instances, rng, self.flip_index, others=self.others)
+        elif self.original_images:
+            image = image.float()
         else:
             image, instances = apply_augmentation(image.float(), instances, self.test_transform.augmentation, self.flip_index)
         return Sample(image=image, image_id=record.image_id, file_name=record.file_name, original_size=(h, w), instances=instances)
@@ -313,14 +321,24 @@ def build_test_loader(
     world_size: int = 1,
     num_workers: int | None = None,
     with_targets: bool = True,
+    original_images: bool = False,
 ) -> TestLoader:
     """Ordered, finite batches through the config's :class:`TestTransform`; this rank gets a
-    contiguous shard, all ranks together every image exactly once."""
+    contiguous shard, all ranks together every image exactly once. With ``original_images`` the
+    images (and targets) stay at their size on disk, for test-time augmentation."""
     mapper = SampleMapper(
         dataset,
         training=False,
         test_transform=TestTransform.from_config(cfg),
         keypoint_flip_map=cfg.data.keypoint_flip_map,
         with_targets=with_targets,
+        original_images=original_images,
     )
     return TestLoader(mapper, InferenceSampler(len(dataset), rank, world_size), batch_size, _num_workers(cfg, num_workers))
+
+
+def tta_resizes(cfg: Config) -> list[TestTransform]:
+    """The resizes of test-time augmentation (``cfg.test.aug``): one :class:`TestTransform` per
+    ``min_sizes`` entry, long side at most ``max_size``, in that order."""
+    aug = cfg.test.aug
+    return [TestTransform(int(size), int(aug.max_size)) for size in aug.min_sizes]

@@ -171,15 +171,25 @@ def _dataset_scorer(cfg: Config, test_set: Any, gt: Any) -> Callable[[list[dict]
 def _make_evaluate(cfg: Config, test_set: Any):
     """``evaluate(model, prefix)`` over this rank's shard of the test set."""
     from swiftdet.data import build_test_loader, evaluation_ground_truth
+    from swiftdet.data.loader import tta_resizes
+    from swiftdet.model.tta import TestTimeAugmentation
 
+    tta = cfg.test.aug.enabled  # test-time augmentation resizes the original images itself
+    if tta:
+        aug = cfg.test.aug
+        logger.info(f"test-time augmentation: sizes {list(aug.min_sizes)} (max {aug.max_size})"
+                    f"{', each also mirrored' if aug.flip else ''}: detections merged by NMS")
     loader = build_test_loader(cfg, test_set, batch_size=cfg.test.ims_per_batch, rank=get_rank(),
-                               world_size=get_world_size(), with_targets=False)
+                               world_size=get_world_size(), with_targets=False, original_images=tta)
     category_ids = list(test_set.meta.category_ids)
     # Cityscapes' evaluation reads its own gtFine files: no COCO-format ground truth to build.
     gt = None if cfg.data.test.format == "cityscapes" else evaluation_ground_truth(cfg.data.test)
     scorer = _dataset_scorer(cfg, test_set, gt)
 
     def evaluate(model: nn.Module, prefix: str) -> dict[str, float]:
+        if tta:
+            model = TestTimeAugmentation(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model,
+                                         tta_resizes(cfg), cfg.test.aug.flip)
         return evaluate_model(model, loader, gt, category_ids, mask_on=cfg.model.mask_on, prefix=prefix,
                               segm_area_from=cfg.test.segm_area_from, kpt_sigmas=cfg.test.keypoint_oks_sigmas,
                               scorer=scorer)

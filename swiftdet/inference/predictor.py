@@ -16,9 +16,12 @@ import torch
 from torch import Tensor
 
 from swiftdet.config.schema import Config
+from swiftdet.data.loader import tta_resizes
 from swiftdet.data.transforms import TestTransform, read_image
 from swiftdet.errors import ConfigError, InputError, WeightsError
+from swiftdet.model.detector import Detector
 from swiftdet.model.layers import fuse_for_inference
+from swiftdet.model.tta import TestTimeAugmentation
 from swiftdet.structures import Instances
 from swiftdet.weights.checkpoint import build_model_with_weights
 
@@ -170,6 +173,13 @@ class Predictor:
         self.device = device
         self.batch_size = batch_size
         self.model = model
+        # Test-time augmentation (cfg.test.aug): the wrapper resizes each original image itself.
+        self.tta = None
+        if cfg.test.aug.enabled and isinstance(model, Detector):
+            self.tta = TestTimeAugmentation(model, tta_resizes(cfg), cfg.test.aug.flip)
+        elif cfg.test.aug.enabled:
+            logger.warning(f"test.aug.enabled is ignored for {type(model).__name__}: test-time augmentation runs "
+                           "swiftdet detectors, not exported files.")
         self.min_score = min_score
         self.meta: dict = meta
         for key in ("category_ids", "class_names"):
@@ -224,9 +234,12 @@ class Predictor:
 
     def prepare(self, image: ImageInput, name: str = "image") -> tuple[Tensor, tuple[int, int]]:
         """(resized (3, H', W') float tensor on the device, original (H, W)) of one input, through
-        the config's test transform (the one evaluation uses)."""
+        the config's test transform (the one evaluation uses); with test-time augmentation the
+        image stays at its original size (each augmentation resizes it)."""
         rgb = to_rgb_tensor(image, name)
         original = (int(rgb.shape[1]), int(rgb.shape[2]))
+        if self.tta is not None:
+            return rgb.to(self.device).float(), original
         return self.test_transform(rgb.to(self.device).float()), original
 
     @torch.no_grad()
@@ -243,7 +256,8 @@ class Predictor:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             prepared = [self.prepare(img, self._name(img, start + i)) for i, img in enumerate(chunk)]
-            outputs = self.model.predict([p[0] for p in prepared], [p[1] for p in prepared])
+            model = self.tta if self.tta is not None else self.model
+            outputs = model.predict([p[0] for p in prepared], [p[1] for p in prepared])
             if self.min_score is not None:
                 outputs = [r[r.scores >= self.min_score] for r in outputs]
             results.extend(r.to("cpu") for r in outputs)

@@ -14,27 +14,26 @@ __all__ = ["instances_to_coco_results"]
 
 def _crop_rle(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> dict:
     """COCO compressed RLE of a (h, w) bool crop placed at (x0, y0) in a height x width image,
-    equal to ``mask_utils.encode`` of the full mask but built in the memory of ``height * w``.
+    equal to ``mask_utils.encode`` of the pasted full mask but built in the memory of the crop.
 
-    COCO RLE runs down the columns (Fortran order): the columns left and right of the crop are
-    one run of zeros each, and inside the crop's columns the rows above and below it are zeros.
+    COCO RLE runs down the columns (Fortran order). Each crop column, padded with a zero above and
+    below, gives the column-major image positions where the value changes; everything between the
+    crop's columns, and above and below the crop, is zeros. A run of ones that ends at the image's
+    bottom and goes on at the top of the next column (a crop as tall as the image) yields an end
+    and a start at the same position: both are dropped, as a mask encoded whole has no change there.
     """
     h, w = crop.shape
-    if h == 0 or w == 0 or not crop.any():
-        counts = [height * width]
-    else:
-        column_block = np.zeros((w, height), dtype=np.uint8)  # the crop's columns, full height, transposed
-        column_block[:, y0 : y0 + h] = crop.T
-        flat = column_block.reshape(-1)
-        change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-        runs = np.diff(np.concatenate(([0], change, [flat.size])))
-        counts = ([0] if flat[0] else []) + runs.tolist()  # RLE starts with a run of zeros
-        counts[0] += x0 * height
-        trailing = (width - x0 - w) * height
-        if len(counts) % 2 == 1:  # ends with zeros
-            counts[-1] += trailing
-        elif trailing:
-            counts.append(trailing)
+    padded = np.zeros((w, h + 2), dtype=np.int8)  # the crop transposed: one row per image column
+    padded[:, 1:-1] = crop.T
+    column, row = np.nonzero(np.diff(padded, axis=1))  # change from crop row r - 1 to row r
+    change = (x0 + column.astype(np.int64)) * height + y0 + row  # row-major over (column, row): sorted
+    if change.size > 1:
+        joined = np.flatnonzero(change[1:] == change[:-1])
+        change = np.delete(change, np.concatenate([joined, joined + 1]))
+    if change.size and change[-1] == height * width:  # ones up to the last pixel: no run after them
+        change = change[:-1]
+    # Runs between the changes; the first is of zeros (of length 0 when the image starts with a one).
+    counts = np.diff(np.concatenate(([0], change, [height * width]))).tolist()
     return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
 
 

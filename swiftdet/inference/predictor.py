@@ -130,9 +130,13 @@ class Predictor:
         score_thresh: keep detections scoring at least this (sets the architecture's score
             threshold, so it also applies before the per-image top-k); None keeps the config's.
         batch_size: images per forward pass.
-        fast: run a copy with norms folded into the convs and channels-last weights
+        fast: run the model with norms folded into the convs and channels-last weights
             (:func:`swiftdet.model.layers.fuse_for_inference`): the same detections within float
             rounding, in less time. ``False`` runs the model exactly as trained.
+
+    The predictor holds one copy of the weights: with ``fast`` the model it built from the file is
+    fused in place (no trained copy is kept beside it; :attr:`source_model` builds that again from
+    the file when asked for).
     """
 
     def __init__(
@@ -157,12 +161,29 @@ class Predictor:
         model, report = build_model_with_weights(cfg, weights, require_complete=True)
         if score_thresh is not None:
             model.score_thresh = score_thresh
-        # The model as trained (for anything that saves weights) and the one that runs.
-        self.source_model = model.to(device).eval()
+        model = model.to(device).eval()
         self.load_report = report
-        self._setup(cfg, fuse_for_inference(self.source_model) if fast else self.source_model,
+        # This model is the predictor's own: fused in place, so the weights are held once, not twice
+        # (a trained copy beside the fused one doubled inference's memory). source_model rebuilds it.
+        self._weights, self._score_thresh = weights, score_thresh
+        self._source_model = None if fast else model
+        self._setup(cfg, fuse_for_inference(model, inplace=True) if fast else model,
                     dict(report.meta) if report is not None else {}, device, batch_size, None,
                     f"Weights '{weights or cfg.model.weights}'")
+
+    @property
+    def source_model(self):
+        """The model as trained (unfused: what saves, exports or trains weights), in eval mode on
+        the predictor's device. With ``fast=False`` (and for :meth:`from_model`) it is
+        :attr:`model` itself; with ``fast`` the predictor keeps only the fused model, so each read
+        builds the trained model again from the weights file: keep the result where it is used
+        more than once."""
+        if self._source_model is not None:
+            return self._source_model
+        model, _ = build_model_with_weights(self.cfg, self._weights, require_complete=True)
+        if self._score_thresh is not None:
+            model.score_thresh = self._score_thresh
+        return model.to(self.device).eval()
 
     def _setup(self, cfg: Config, model, meta: dict, device: torch.device, batch_size: int,
                min_score: float | None, source: str) -> None:
@@ -194,9 +215,10 @@ class Predictor:
                    min_score: float | None = None, device: str | torch.device = "cpu") -> "Predictor":
         """A predictor around a ready model with the Detector's ``predict(images, original_sizes)``
         and ``num_classes`` (e.g. an exported one, swiftdet.export.runtime); ``cfg`` gives its test
-        resize, ``meta`` its class names and category ids, ``min_score`` drops lower detections."""
+        resize, ``meta`` its class names and category ids, ``min_score`` drops lower detections.
+        The model runs as given: it is the caller's, so it is neither fused nor copied."""
         predictor = cls.__new__(cls)
-        predictor.source_model = model
+        predictor._source_model = model
         predictor.load_report = None
         predictor._setup(copy.deepcopy(cfg), model, dict(meta or {}), resolve_device(device), batch_size, min_score,
                          "The model's meta")

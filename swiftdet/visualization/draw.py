@@ -107,6 +107,7 @@ def draw_instances(
             mask_boxes[index] = _blend_mask(canvas, mask, colors[index], alpha, x_offset, y_offset)
 
     picture = Image.fromarray(canvas)
+    del canvas  # PIL holds its own copy: on a large image, one image less at the peak
     pen = ImageDraw.Draw(picture)
     if boxes_array is not None:
         for index, (x1, y1, x2, y2) in enumerate(boxes_array):
@@ -120,7 +121,18 @@ def draw_instances(
             anchor = _label_anchor(index, boxes_array, mask_boxes[index], keypoints_array, keypoint_threshold)
             if anchor is not None:
                 _draw_label(pen, text, anchor, colors[index], font, width, height)
-    return np.asarray(picture).copy()
+    return _picture_to_array(picture)
+
+
+def _picture_to_array(picture: Image.Image, band_rows: int = 512) -> np.ndarray:
+    """(H, W, 3) uint8 writable copy of an RGB PIL image, converted in bands of rows so that a large
+    image does not also need a whole-image bytes buffer beside the result (np.asarray(picture) makes one)."""
+    width, height = picture.size
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    for top in range(0, height, band_rows):
+        bottom = min(top + band_rows, height)
+        out[top:bottom] = np.asarray(picture.crop((0, top, width, bottom)))
+    return out
 
 
 def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
@@ -272,8 +284,9 @@ def _blend_mask(
     y0, y1, x0, x1 = y0 + y_offset, y1 + y_offset, x0 + x_offset, x1 + x_offset
     patch = canvas[y0:y1, x0:x1]
     color_array = np.asarray(color, dtype=np.float32)
-    blended = patch.astype(np.float32) * (1.0 - alpha) + color_array * alpha
-    patch[region] = np.rint(blended[region]).astype(np.uint8)
+    # Only the mask's own pixels are converted to float (a large box's whole patch would cost 24 bytes a pixel).
+    blended = patch[region].astype(np.float32) * (1.0 - alpha) + color_array * alpha
+    patch[region] = np.rint(blended).astype(np.uint8)
 
     # Outline: mask pixels with a 4-neighbour outside the mask (the crop's edge counts as outside).
     padded = np.pad(region, 1)

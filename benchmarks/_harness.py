@@ -29,6 +29,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--plain", action="store_true", help="run swiftdet without fuse_for_inference")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count and this machine's peak")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="swiftdet's inference precision (torchvision stays float32); bf16 detections differ from "
+                             "float32's by rounding, so the agreement line then reads as a difference report")
 
 
 def machine_peaks(threads: int, repeats: int = 5) -> dict[str, float]:
@@ -70,10 +73,11 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def _memory_worker(script: str, which: str, model: str, threads: int, fast: bool, queue) -> None:
+def _memory_worker(script: str, which: str, model: str, threads: int, fast: bool, queue, precision: str = "fp32") -> None:
     bench = importlib.import_module(script)
     torch.set_num_threads(threads)
     tv, ours = bench.build_models(model, fast=fast)
+    ours.set_precision(precision)
     net, fn = (tv, bench.run_tv) if which == "torchvision" else (ours, bench.run_ours)
     del tv, ours
     image = bench.make_image()
@@ -84,11 +88,11 @@ def _memory_worker(script: str, which: str, model: str, threads: int, fast: bool
     queue.put(max(peak - before, 0))
 
 
-def peak_inference_memory(script: str, which: str, model: str, threads: int, fast: bool) -> int:
+def peak_inference_memory(script: str, which: str, model: str, threads: int, fast: bool, precision: str = "fp32") -> int:
     """Bytes one inference of ``which`` needs above its loaded model, in a fresh process."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_memory_worker, args=(script, which, model, threads, fast, queue))
+    proc = ctx.Process(target=_memory_worker, args=(script, which, model, threads, fast, queue, precision))
     proc.start()
     value = queue.get(timeout=1800)
     proc.join()
@@ -100,6 +104,7 @@ def compare(script: str, args: argparse.Namespace, title: str, agreement: Callab
     bench = importlib.import_module(script)
     torch.set_num_threads(args.threads)
     tv, ours = bench.build_models(args.model, fast=not args.plain)
+    ours.set_precision(args.precision)
     image = bench.make_image()
     tv_out, ours_out = bench.run_tv(tv, image), bench.run_ours(ours, image)  # warm-up and agreement check
     times: dict[str, list[float]] = {name: [] for name in NAMES}
@@ -109,7 +114,7 @@ def compare(script: str, args: argparse.Namespace, title: str, agreement: Callab
             fn(net, image)
             times[name].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
-    path = "plain" if args.plain else "fast (fuse_for_inference)"
+    path = ("plain" if args.plain else "fast (fuse_for_inference)") + (", bf16" if args.precision == "bf16" else "")
     print(f"{title}, 3x{image.shape[-2]}x{image.shape[-1]}, {args.threads} threads, {args.iters} runs each "
           f"(alternating), swiftdet {path}, load average {os.getloadavg()[0]:.2f}")
     for name in NAMES:
@@ -122,7 +127,8 @@ def compare(script: str, args: argparse.Namespace, title: str, agreement: Callab
         print_compute(count_flops(tv, lambda: bench.run_tv(tv, image)).total_flops, med, args.threads)
     if not args.no_memory:
         del tv, ours
-        mem = {name: peak_inference_memory(script, name, args.model, args.threads, not args.plain) for name in NAMES}
+        mem = {name: peak_inference_memory(script, name, args.model, args.threads, not args.plain, args.precision)
+               for name in NAMES}
         for name, value in mem.items():
             print(f"  {name:12s} peak inference memory above the loaded model: {value / 2**20:8.1f} MiB")
         print(f"  memory ratio swiftdet/torchvision: {mem['swiftdet'] / max(mem['torchvision'], 1):.3f}")

@@ -35,6 +35,8 @@ import sys
 import tempfile
 from typing import Any
 
+from swiftdet.cli.options import add_precision_argument
+
 NAME = "benchmark"
 HELP = "measure inference time per image, images/s and peak memory (and with --train seconds per training iteration)"
 
@@ -71,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also time training iterations (--num-images / --batch-size of them after --warmup) on "
                              "random targets")
     parser.add_argument("--out", default=None, metavar="FILE", help="write the figures as json (e.g. benchmark.json)")
+    add_precision_argument(parser)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -341,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
     if args.score_thresh is not None:
         model.score_thresh = args.score_thresh
     model = model.to(device).eval()
+    model.set_precision(args.precision)
     originals, where = _load_images(args, cfg)
     result: dict[str, Any] = {
         "config": args.config,
@@ -348,6 +352,7 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device),
         "device_name": _device_name(device),
         "torch_threads": torch.get_num_threads(),
+        "precision": args.precision,
         "torch_version": torch.__version__,
         "weights": weights,
         "random_weights": random,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from swiftdet.cli.options import add_precision_argument
 from swiftdet.config.core import load_config
 
 NAME = "eval"
@@ -20,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "checkpoints/last.pth, best.pth, model_*.pth); the model and input settings it stores take "
                              "precedence over CONFIG's (said when they differ), KEY=VALUE overrides win over both")
     parser.add_argument("--output", metavar="DIR", default=None, help="also append the metrics to DIR/metrics.jsonl")
+    add_precision_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
     cfg, note = config_for_weights(cfg, args.weights, args.overrides)
     if note and os.environ.get("RANK", "0") == "0":  # once, not from every torchrun process
         print(note)
-    run_evaluation(cfg, args.weights, output_dir=args.output)
+    run_evaluation(cfg, args.weights, output_dir=args.output, precision=args.precision)
     return 0

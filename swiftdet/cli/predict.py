@@ -26,6 +26,8 @@ import os
 import sys
 from pathlib import Path, PurePosixPath
 
+from swiftdet.cli.options import add_precision_argument
+
 NAME = "predict"
 HELP = ("detect objects in image files or folders (drawn images and COCO-format predictions.json), in videos "
         "(drawn video and per-frame json) or live on a camera")
@@ -91,6 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="exit with an error (code 2) when an input image cannot be read, after predicting the "
                              "others; by default it is skipped and listed in DIR/skipped_images.txt (an error only "
                              "when no input can be read)")
+    add_precision_argument(parser)
 
 
 def collect_images(paths: list[str], exclude: str | os.PathLike | None = None,
@@ -412,7 +415,7 @@ def run(args: argparse.Namespace) -> int:
     from swiftdet.cli.progress import Progress
     from swiftdet.config.core import load_config
     from swiftdet.data.transforms import read_image
-    from swiftdet.errors import InputError
+    from swiftdet.errors import ConfigError, InputError
     from swiftdet.evaluation.results import instances_to_coco_results
     from swiftdet.inference.predictor import Predictor
     from swiftdet.utils.io import atomic_write
@@ -420,6 +423,9 @@ def run(args: argparse.Namespace) -> int:
     from swiftdet.weights.checkpoint import config_for_weights
 
     exported = _check_backend_arguments(args)
+    if exported and args.precision != "fp32":
+        raise ConfigError(f"--precision {args.precision} applies to swiftdet's own models; an exported file runs in "
+                          f"the precision it was exported with (--backend {args.backend}).")
     cfg = load_config(args.config, args.overrides) if not exported else None
     videos, camera = _video_inputs(args)
     if camera is None and args.output is None:
@@ -445,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
         if note:
             print(note)
         predictor = Predictor(cfg, args.weights, device=args.device, score_thresh=args.score_thresh,
-                              batch_size=args.batch_size, fast=not args.plain)
+                              batch_size=args.batch_size, fast=not args.plain, precision=args.precision)
     draw_detections = _drawer(predictor, cfg, args.draw_thresh)
     draw = not getattr(args, "no_draw", False)
     if camera is not None:

@@ -334,10 +334,12 @@ def train_in_processes(cfg: Config, output_dir: str | Path, *, resume: bool, npr
     return {}
 
 
-def run_evaluation(cfg: Config, weights: str | Path, *, output_dir: str | Path | None = None) -> dict[str, float]:
+def run_evaluation(cfg: Config, weights: str | Path, *, output_dir: str | Path | None = None,
+                   precision: str = "fp32") -> dict[str, float]:
     """Evaluate the model file ``weights`` on ``cfg.data.test`` (every process of a torchrun group helps).
 
-    With ``output_dir``, rank 0 appends the metrics to ``output_dir/metrics.jsonl``.
+    With ``output_dir``, rank 0 appends the metrics to ``output_dir/metrics.jsonl`` (with the
+    ``precision`` of the inference, one of model.detector.PRECISIONS).
     """
     init_distributed_from_env()
     try:
@@ -354,10 +356,11 @@ def run_evaluation(cfg: Config, weights: str | Path, *, output_dir: str | Path |
         # Shapes and names must match exactly; test-time settings (thresholds, sizes) may differ from training.
         model, report = build_model_with_weights(cfg, weights, require_complete=True)
         model.to(device).eval()
+        model.set_precision(precision)
         metrics = _make_evaluate(cfg, test_set)(model, "")
         if output_dir is not None and rank == 0:
             writer = MetricsWriter(output_dir, tensorboard=False)
-            writer.write({"iter": report.iteration or 0, "weights": str(weights), **metrics})
+            writer.write({"iter": report.iteration or 0, "weights": str(weights), "precision": precision, **metrics})
             writer.close()
         return metrics
     finally:

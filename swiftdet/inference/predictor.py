@@ -133,6 +133,8 @@ class Predictor:
         fast: run the model with norms folded into the convs and channels-last weights
             (:func:`swiftdet.model.layers.fuse_for_inference`): the same detections within float
             rounding, in less time. ``False`` runs the model exactly as trained.
+        precision: "fp32", or "bf16" (bfloat16 autocast where the device has it natively, see
+            :meth:`swiftdet.model.detector.Detector.set_precision`).
 
     The predictor holds one copy of the weights: with ``fast`` the model it built from the file is
     fused in place (no trained copy is kept beside it; :attr:`source_model` builds that again from
@@ -147,6 +149,7 @@ class Predictor:
         score_thresh: float | None = None,
         batch_size: int = 1,
         fast: bool = True,
+        precision: str = "fp32",
     ):
         if batch_size < 1:  # before the model is built, which takes a while
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
@@ -162,6 +165,7 @@ class Predictor:
         if score_thresh is not None:
             model.score_thresh = score_thresh
         model = model.to(device).eval()
+        model.set_precision(precision)
         self.load_report = report
         # This model is the predictor's own: fused in place, so the weights are held once, not twice
         # (a trained copy beside the fused one doubled inference's memory). source_model rebuilds it.

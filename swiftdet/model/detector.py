@@ -30,11 +30,32 @@ import torch
 from torch import Tensor, nn
 
 from swiftdet.config.schema import ModelConfig
-from swiftdet.errors import InputError
+from swiftdet.errors import ConfigError, InputError
 from swiftdet.model.postprocess import postprocess_instances
 from swiftdet.structures import Boxes, ImageList, Instances, Keypoints
+from swiftdet.utils.cpu import has_native_bf16
 
-__all__ = ["Detector", "check_targets", "shell_settings", "unpack_detections"]
+__all__ = ["PRECISIONS", "Detector", "check_precision", "check_targets", "shell_settings", "unpack_detections"]
+
+#: Inference precisions: float32, or the core under bfloat16 autocast (convolutions and matrix
+#: products in bf16; the box predictor, decoding, NMS and all outputs in float32).
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """ConfigError unless ``device`` runs ``precision`` natively (bf16 emulated in software would
+    be many times slower than the float32 it is meant to beat)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "fp32":
+        return
+    if device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no native bfloat16; "
+                              "use --precision fp32.")
+    elif device.type != "cpu" or not has_native_bf16():
+        raise ConfigError("--precision bf16 needs a CPU with native bfloat16 (AVX512-BF16 or AMX; this one has "
+                          "neither): PyTorch would emulate it, tens of times slower than float32. Use --precision fp32.")
 
 
 def shell_settings(cfg: ModelConfig, size_divisibility: int = 32) -> dict:
@@ -152,6 +173,14 @@ class Detector(nn.Module, ABC):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    #: Inference precision, one of :data:`PRECISIONS` (set with :meth:`set_precision`).
+    precision: str = "fp32"
+
+    def set_precision(self, precision: str) -> None:
+        """Run inference in ``precision`` from now on (checked against the model's device)."""
+        check_precision(precision, self.device)
+        self.precision = precision
+
     # ------------------------------------------------------------------------ what subclasses give
     score_thresh: float  # detections scoring at most this are dropped before NMS and the top-k
 
@@ -216,7 +245,12 @@ class Detector(nn.Module, ABC):
             targets = self.check_targets(targets, len(images))
             return self.losses(images, [t.to(self.device) for t in targets])
         sizes = torch.tensor(images.image_sizes, dtype=torch.int64, device=images.tensor.device).reshape(-1, 2)
-        return unpack_detections(self.core(images.tensor, sizes), images.image_sizes)
+        if self.precision == "fp32":
+            return unpack_detections(self.core(images.tensor, sizes), images.image_sizes)
+        with torch.autocast(images.tensor.device.type, dtype=torch.bfloat16):
+            raw = self.core(images.tensor, sizes)
+        raw = {k: v.float() if v.is_floating_point() else v for k, v in raw.items()}
+        return unpack_detections(raw, images.image_sizes)
 
     def postprocess(self, results: Sequence[Instances], images: ImageList) -> list[Instances]:
         """Detections mapped to the original image sizes: boxes (and keypoints) scaled by float32

@@ -1,0 +1,14 @@
+"""Options several verbs share, defined once."""
+from __future__ import annotations
+
+import argparse
+
+from swiftdet.model.detector import PRECISIONS
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision fp32|bf16`` of the verbs that run inference (eval, predict, benchmark)."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="inference precision: fp32 (default) or bf16 (bfloat16 autocast: convolutions and matrix "
+                             "products in bf16, boxes and scores in float32; needs native bf16: a CPU with AVX512-BF16 "
+                             "or AMX, or a GPU that has it)")

@@ -141,8 +141,8 @@ def test_exported_model_matches_eager_for_batches_of_several_sizes(exported, ima
     arch, eager, backends = exported
     assert len({img.shape for img in images}) > 1  # the batch is padded, images resized differently
     # C4 runs res5 (its convolution blocks) on every RoI after the RoI pooling: the backends' different
-    # convolution rounding reaches the box deltas as ~1e-5 relative, 1-2e-3 px on the larger boxes.
-    atol = 2e-3 if arch == "mask_rcnn_c4" else 1e-3
+    # convolution rounding reaches the box deltas as ~1e-5 relative, up to ~3e-3 px (OpenVINO).
+    atol = 5e-3 if arch == "mask_rcnn_c4" else 1e-3
     for chunk in (images[:1], images[1:3], images[:3], images[3:] + images[:2]):
         expected = eager(chunk)
         assert sum(len(r) for r in expected) > 0

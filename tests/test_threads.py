@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
@@ -80,16 +81,32 @@ def test_benchmark_runs_on_the_threads_given(tmp_path):
     assert json.loads(out.read_text())["torch_threads"] == 1
 
 
-def test_openmp_waits_passively_unless_the_user_chose():
+def test_openmp_wait_follows_the_load(monkeypatch):
+    environ: dict[str, str] = {}
+    monkeypatch.setattr(threads, "_sampled_busy", None)  # restored after the test
+    monkeypatch.setattr(threads.os, "environ", environ)
+    monkeypatch.setattr(threads, "sys", types.SimpleNamespace(modules={}))  # torch not loaded yet
+    monkeypatch.setattr(threads, "busy_cores_of_others", lambda interval=0.2: 1.2)
+    assert threads.set_openmp_wait() == "OMP_WAIT_POLICY=PASSIVE" and environ == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert choose_threads().reason.endswith("keep 1.2 busy")  # the same sample decides the threads
+    environ.clear()
+    monkeypatch.setattr(threads, "busy_cores_of_others", lambda interval=0.2: 0.1)
+    assert threads.set_openmp_wait() == "GOMP_SPINCOUNT=10000" and environ == {"GOMP_SPINCOUNT": "10000"}
+    environ.clear()
+    environ["GOMP_SPINCOUNT"] = "300000"  # the user's choice stays
+    assert threads.set_openmp_wait() is None and environ == {"GOMP_SPINCOUNT": "300000"}
+
+
+def test_openmp_wait_is_set_before_torch_loads_or_not_at_all():
     # swiftdet/cli/__init__.py runs first when the console command imports swiftdet.cli.main.
-    code = "import os, swiftdet.cli; print(os.environ.get('OMP_WAIT_POLICY'))"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import os, swiftdet.cli; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     run = lambda c, e: subprocess.run([sys.executable, "-c", c], env=e, capture_output=True, text=True,  # noqa: E731
                                       check=True).stdout.strip()
-    assert run(code, env) == "PASSIVE"
-    assert run(code, {**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+    assert run(code, env) in ("PASSIVE None", "None 10000")
+    assert run(code, {**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE None"
     # Too late once torch is loaded: left alone rather than set without effect.
-    assert run("import torch; " + code, env) == "None"
+    assert run("import torch; " + code, env) == "None None"
 
 
 def test_resume_continues_on_the_saved_thread_count(monkeypatch, caplog):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import tempfile
 from typing import Any
@@ -94,16 +93,11 @@ def _check_args(args: argparse.Namespace) -> None:
 def _device_name(device) -> str:
     import torch
 
+    from swiftdet.utils.cpu import cpu_model
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 def _load_images(args: argparse.Namespace, cfg) -> tuple[list, str]:

@@ -2,14 +2,13 @@
 
 On a CPU that other processes keep busy, a PyTorch that runs one thread per core waits at every
 parallel operation for the thread that has no core, and OpenMP's (libgomp's) threads spin for
-300,000 rounds while they wait, taking the cores the others need: on a 2-core machine with one
-busy process, a ResNet-18 forward with 2 threads took 10-17x its quiet time. So the command line,
-before torch is imported (:func:`set_openmp_wait`, leaving alone what the user set):
-
-* on a busy machine makes waiting threads sleep at once (OMP_WAIT_POLICY=PASSIVE: 1.6x quiet),
-* on a quiet one shortens the spin to 10,000 rounds (GOMP_SPINCOUNT: no cost quiet, and 2.8x
-  instead of 10-17x if a busy process comes later; passive would cost 13% quiet),
-
+300,000 rounds while they wait, taking the cores the others need. A ResNet-18 forward on a 2-core
+machine next to one busy process (benchmarks/busy_machine.py, its policy comparison): 4.0x its quiet time
+with 2 threads and libgomp's default, 2.0x with passive waits, 1.8x with 1 thread; passive waits
+cost 12% on the quiet machine, a spin of 10,000 rounds nothing (3.0x when busy). So the command
+line, before torch is imported (:func:`set_openmp_wait`, leaving alone what the user set), makes
+waiting threads sleep at once on a busy machine (OMP_WAIT_POLICY=PASSIVE) and shortens the spin to
+10,000 rounds on a quiet one (GOMP_SPINCOUNT, in case a busy process comes later),
 and uses as many threads as cores are free (:func:`choose_threads`): the CPUs of the process's
 affinity mask and cgroup quota, less the cores other processes kept busy over a short sample
 (``--threads N`` or OMP_NUM_THREADS decide instead).

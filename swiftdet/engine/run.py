@@ -34,6 +34,7 @@ from swiftdet.engine.trainer import (
     write_config,
 )
 from swiftdet.errors import ConfigError, DatasetError, TrainingProcessDiedError
+from swiftdet.model.layers import fuse_for_inference
 from swiftdet.weights.checkpoint import build_model_with_weights, read_checkpoint
 
 __all__ = [
@@ -186,10 +187,17 @@ def _make_evaluate(cfg: Config, test_set: Any):
     gt = None if cfg.data.test.format == "cityscapes" else evaluation_ground_truth(cfg.data.test)
     scorer = _dataset_scorer(cfg, test_set, gt)
 
-    def evaluate(model: nn.Module, prefix: str) -> dict[str, float]:
+    def evaluate(model: nn.Module, prefix: str, *, in_place: bool = False) -> dict[str, float]:
+        """``in_place``: the caller never needs ``model`` unfused again (``swiftdet eval``)."""
+        model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        # Evaluation runs the inference fast path, as predict does (norms folded, channels-last): a
+        # fused copy while training (the same weights give the same metrics in `swiftdet eval`).
+        was_training = model.training
+        fused = fuse_for_inference(model.eval(), inplace=in_place)
+        model.train(was_training)  # a copy's owner keeps training the original
+        model = fused
         if tta:
-            model = TestTimeAugmentation(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model,
-                                         tta_resizes(cfg), cfg.test.aug.flip)
+            model = TestTimeAugmentation(model, tta_resizes(cfg), cfg.test.aug.flip)
         return evaluate_model(model, loader, gt, category_ids, mask_on=cfg.model.mask_on, prefix=prefix,
                               segm_area_from=cfg.test.segm_area_from, kpt_sigmas=cfg.test.keypoint_oks_sigmas,
                               scorer=scorer)
@@ -357,7 +365,7 @@ def run_evaluation(cfg: Config, weights: str | Path, *, output_dir: str | Path |
         model, report = build_model_with_weights(cfg, weights, require_complete=True)
         model.to(device).eval()
         model.set_precision(precision)
-        metrics = _make_evaluate(cfg, test_set)(model, "")
+        metrics = _make_evaluate(cfg, test_set)(model, "", in_place=True)
         if output_dir is not None and rank == 0:
             writer = MetricsWriter(output_dir, tensorboard=False)
             writer.write({"iter": report.iteration or 0, "weights": str(weights), "precision": precision, **metrics})

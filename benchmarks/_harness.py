@@ -68,12 +68,12 @@ def print_compute(flops: int, med: dict[str, float], threads: int) -> None:
               f"{achieved / peaks['conv3x3']:.2f} of the conv peak")
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def _memory_worker(script: str, which: str, model: str, threads: int, fast: bool, queue, precision: str = "fp32") -> None:
+def _memory_worker(script: str, which: str, model: str, threads: int, fast: bool, precision: str, queue) -> None:
     bench = importlib.import_module(script)
     torch.set_num_threads(threads)
     tv, ours = bench.build_models(model, fast=fast)
@@ -82,21 +82,27 @@ def _memory_worker(script: str, which: str, model: str, threads: int, fast: bool
     del tv, ours
     image = bench.make_image()
     fn(net, image)
-    before = _rss_bytes()
+    before = rss_bytes()
     fn(net, image)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     queue.put(max(peak - before, 0))
 
 
-def peak_inference_memory(script: str, which: str, model: str, threads: int, fast: bool, precision: str = "fp32") -> int:
-    """Bytes one inference of ``which`` needs above its loaded model, in a fresh process."""
+def in_fresh_process(target: Callable, *args):
+    """What ``target(*args, queue)`` puts on its queue, run in a fresh (spawned) process, so that
+    memory figures see neither this process's allocations nor another model's."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_memory_worker, args=(script, which, model, threads, fast, queue, precision))
+    proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
     value = queue.get(timeout=1800)
     proc.join()
     return value
+
+
+def peak_inference_memory(script: str, which: str, model: str, threads: int, fast: bool, precision: str = "fp32") -> int:
+    """Bytes one inference of ``which`` needs above its loaded model, in a fresh process."""
+    return in_fresh_process(_memory_worker, script, which, model, threads, fast, precision)
 
 
 def compare(script: str, args: argparse.Namespace, title: str, agreement: Callable[[object, object], str]) -> None:

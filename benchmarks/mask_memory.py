@@ -21,16 +21,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import multiprocessing
 import resource
 
 import numpy as np
 import torch
 
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+from _harness import in_fresh_process, rss_bytes
 
 
 def _detections(size: int, count: int, seed: int):
@@ -51,7 +47,7 @@ def _work(way: str, size: int, count: int, seed: int, queue) -> None:
     boxes, probs = _detections(size, count, seed)
     image = np.zeros((size, size, 3), dtype=np.uint8)
     labels, scores = torch.zeros(count, dtype=torch.int64), torch.linspace(1, 0.5, count)
-    before = _rss_bytes()
+    before = rss_bytes()
     if way == "swiftdet":
         raw = Instances((size, size), boxes=Boxes(boxes), labels=labels, scores=scores, mask_probs=probs)
         masks = postprocess_instances(raw, (size, size)).masks
@@ -74,13 +70,7 @@ def _work(way: str, size: int, count: int, seed: int, queue) -> None:
 
 
 def measure(way: str, size: int, count: int, seed: int) -> tuple[int, str]:
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_work, args=(way, size, count, seed, queue))
-    proc.start()
-    value = queue.get(timeout=1800)
-    proc.join()
-    return value
+    return in_fresh_process(_work, way, size, count, seed)
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ from swiftdet.engine.optim import IterationLRSchedule, build_optimizer, scaled_b
 from swiftdet.errors import ConfigError, OutputWriteError, SwiftdetError, WeightsError
 from swiftdet.evaluation.coco import detection_metric_specs, keypoint_metric_specs
 from swiftdet.evaluation.proposals import proposal_metric_names
+from swiftdet.model.layers import prepare_for_training
 from swiftdet.structures import Instances
 from swiftdet.utils.io import atomic_torch_save, atomic_write
 from swiftdet.utils.threads import current_choice
@@ -216,7 +217,7 @@ class Trainer:
         self.evaluate = evaluate
         check_best_metric(cfg)
 
-        self.model = model
+        self.model = prepare_for_training(model)  # channels-last convolutions, before DDP and the optimizer
         self.module = model  # the unwrapped detector: checkpoints, EMA and evaluation use it
         if self.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(

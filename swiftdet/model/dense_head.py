@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from swiftdet.config.schema import ModelConfig
 from swiftdet.errors import ConfigError
@@ -27,6 +28,7 @@ __all__ = [
     "init_prediction_conv",
     "flatten_level_output",
     "float32_shapes",
+    "focal_loss_per_anchor",
     "logit",
     "topk_above_threshold",
     "select_candidates",
@@ -208,3 +210,59 @@ def batched_detections(
     )
     kept_boxes = boxes[keep] if clip_before_nms else clip_boxes(boxes[keep], image_sizes[batch_idx[keep]])
     return {"boxes": kept_boxes, "scores": scores[keep], "labels": labels[keep], "num_detections": counts}
+
+
+def focal_loss_per_anchor(logits: Tensor, img_idx: Tensor, anchor_idx: Tensor, labels: Tensor, alpha: float,
+                          gamma: float) -> Tensor:
+    """(B, N) sigmoid focal loss of (B, N, K) ``logits``, summed over the K classes, for one-hot
+    targets: 1 at the F foreground entries ``(img_idx, anchor_idx, labels)`` (each (F,)), 0 elsewhere.
+
+    The value of ``torchvision.ops.sigmoid_focal_loss(logits, targets, alpha, gamma).sum(-1)``
+    (alpha < 0: no weighting), computed as every entry's target-0 term ``(1 - alpha) p^gamma
+    softplus(x)`` (:class:`_NegativeFocalSum`, in cache-sized chunks) with the target-1 term swapped
+    in at the F foreground entries only. torchvision's formula makes about 15 full-size (B, N, K)
+    temporaries forward and as many backward for a target that is almost all zeros: on RetinaNet's
+    2 x 61380 anchors x 91 classes (44 MB each, above glibc's mmap threshold, so each is
+    page-faulted afresh) that took 0.6 s of a 6 s training step.
+    """
+    negative = _NegativeFocalSum.apply(logits, gamma)
+    x = logits[img_idx, anchor_idx, labels]
+    p = torch.sigmoid(x)
+    positive = F.softplus(-x) * (1 - p).pow(gamma)  # -log(p) (1 - p)^gamma
+    negative_fg = F.softplus(x) * p.pow(gamma)  # the target-0 term counted at those entries
+    if alpha >= 0:
+        negative = negative * (1 - alpha)
+        positive, negative_fg = positive * alpha, negative_fg * (1 - alpha)
+    return negative.index_put((img_idx, anchor_idx), positive - negative_fg, accumulate=True)
+
+
+class _NegativeFocalSum(torch.autograd.Function):
+    """(B, N, K) logits x -> (B, N) sum over K of ``p^gamma softplus(x)``, p = sigmoid(x), in chunks of
+    rows; the backward recomputes p per chunk: d/dx = p^gamma (gamma (1 - p) softplus(x) + p)."""
+
+    CHUNK = 4096  # rows of K values: a few MB, in cache
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, gamma: float) -> Tensor:
+        ctx.save_for_backward(logits)
+        ctx.gamma = gamma
+        rows = logits.reshape(-1, logits.shape[-1])
+        out = rows.new_empty(rows.shape[0])
+        for start in range(0, rows.shape[0], _NegativeFocalSum.CHUNK):
+            x = rows[start:start + _NegativeFocalSum.CHUNK]
+            out[start:start + x.shape[0]] = (F.softplus(x) * torch.sigmoid(x).pow(gamma)).sum(dim=1)
+        return out.view(logits.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (logits,) = ctx.saved_tensors
+        gamma = ctx.gamma
+        rows = logits.reshape(-1, logits.shape[-1])
+        grad_rows = grad_out.reshape(-1, 1)
+        grad = torch.empty_like(rows)
+        for start in range(0, rows.shape[0], _NegativeFocalSum.CHUNK):
+            end = start + _NegativeFocalSum.CHUNK
+            x = rows[start:end]
+            p = torch.sigmoid(x)
+            grad[start:end] = p.pow(gamma) * (gamma * (1 - p) * F.softplus(x) + p) * grad_rows[start:end]
+        return grad.view(logits.shape), None

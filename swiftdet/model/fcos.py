@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import generalized_box_iou_loss
 
 from swiftdet.config.schema import ModelConfig
 from swiftdet.errors import ConfigError
@@ -26,6 +26,7 @@ from swiftdet.model.dense_head import (
     conv_tower,
     flatten_level_output,
     float32_shapes,
+    focal_loss_per_anchor,
     init_prediction_conv,
     select_candidates,
 )
@@ -215,9 +216,8 @@ class FCOS(Detector):
         img_idx, point_idx = foreground.nonzero(as_tuple=True)
         normaliser = foreground.sum().clamp(min=1).to(logits.dtype)
 
-        cls_target = torch.zeros_like(logits)
-        cls_target[img_idx, point_idx, labels[img_idx, point_idx]] = 1.0
-        loss_cls = sigmoid_focal_loss(logits, cls_target, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum")
+        loss_cls = focal_loss_per_anchor(logits, img_idx, point_idx, labels[img_idx, point_idx], self.focal_alpha,
+                                         self.focal_gamma).sum()
 
         fg_points = points[point_idx]
         gt = matched_boxes[img_idx, point_idx]

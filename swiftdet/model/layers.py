@@ -8,11 +8,13 @@ import copy
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchvision.ops import FrozenBatchNorm2d, deform_conv2d
 
 from swiftdet.errors import InputError
 
-__all__ = ["ConvNormAct", "DeformConv2d", "FoldedNorm", "WSConv2d", "fuse_conv_bn", "fuse_for_inference", "get_norm",
+__all__ = ["ConvNormAct", "DeformConv2d", "FoldedNorm", "WSConv2d", "conv_norm", "fuse_conv_bn", "fuse_for_inference", "prepare_for_training",
+           "get_norm",
            "is_fused", "standardize_weight", "use_weight_standardization"]
 
 
@@ -34,6 +36,24 @@ def get_norm(name: str, channels: int, eps: float = 1e-5) -> nn.Module | None:
     if name == "GN":
         return nn.GroupNorm(32, channels)
     raise ValueError(f"unknown norm {name!r}; expected '', 'FrozenBN', 'BN', 'SyncBN' or 'GN'")
+
+
+def conv_norm(conv: nn.Module, norm: nn.Module | None, x: Tensor) -> Tensor:
+    """``norm(conv(x))``. In training, a FrozenBatchNorm2d after a plain Conv2d is a constant
+    per-channel scale and shift, so it is applied as the conv's weight scale and bias: one
+    convolution with a bias instead of a convolution and two passes over its output forward and
+    one backward (the weight's gradient flows through the scale, so the trained parameter is the
+    conv's weight as before). In evaluation the modules run as they are (the unfused model's
+    outputs stay bit-identical; ``fuse_conv_bn`` folds the norms for good)."""
+    if (norm is not None and conv.training and type(norm) is FrozenBatchNorm2d and type(conv) is nn.Conv2d
+            and conv.padding_mode == "zeros"):
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # FrozenBatchNorm2d's own arithmetic
+        shift = norm.bias - norm.running_mean * scale
+        bias = shift if conv.bias is None else conv.bias * scale + shift
+        return F.conv2d(x, conv.weight * scale.reshape(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation,
+                        conv.groups)
+    x = conv(x)
+    return x if norm is None else norm(x)
 
 
 class ConvNormAct(nn.Module):
@@ -62,9 +82,7 @@ class ConvNormAct(nn.Module):
     conv_norm_pairs = (("conv", "norm"),)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv(x)
-        if self.norm is not None:
-            x = self.norm(x)
+        x = conv_norm(self.conv, self.norm, x)
         if self.activation:
             x = x.relu_()
         return x
@@ -290,3 +308,13 @@ def fuse_for_inference(model: nn.Module, channels_last: bool = True, inplace: bo
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
     return fused
+
+
+def prepare_for_training(model: nn.Module) -> nn.Module:
+    """``model`` itself with its conv weights (and every other 4-d tensor) in channels-last memory
+    format, so that its convolutions run NHWC forward and backward (oneDNN's native CPU layout and
+    cuDNN's preferred one). The parameters stay the same objects (optimizers built before or after
+    keep them) and their values are unchanged; only the convolutions' summation order differs. On the
+    2-core AVX-512 test CPU a Faster R-CNN R50-FPN training step on 2x3x512x640 took 5.0 s instead of
+    5.7 s (``benchmarks/train_step.py``)."""
+    return model.to(memory_format=torch.channels_last)

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import box_iou, generalized_box_iou_loss
 
 from swiftdet.config.schema import ModelConfig
 from swiftdet.errors import ConfigError
@@ -32,6 +32,7 @@ from swiftdet.model.dense_head import (
     conv_tower,
     flatten_level_output,
     float32_shapes,
+    focal_loss_per_anchor,
     init_prediction_conv,
     logit,
     select_candidates,
@@ -192,11 +193,9 @@ class RetinaNet(Detector):
             # Per-image weight 1 / (max(1, #foreground) * B).
             weight = 1.0 / (foreground.sum(dim=1).clamp(min=1).to(logits.dtype) * num_images)
 
-        cls_target = torch.zeros_like(logits)
         img_idx, anchor_idx = foreground.nonzero(as_tuple=True)
-        cls_target[img_idx, anchor_idx, labels[img_idx, anchor_idx]] = 1.0
-        focal = sigmoid_focal_loss(logits, cls_target, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="none")
-        per_anchor = focal.sum(dim=2) * valid
+        per_anchor = focal_loss_per_anchor(logits, img_idx, anchor_idx, labels[img_idx, anchor_idx], self.focal_alpha,
+                                           self.focal_gamma) * valid
         loss_cls = (per_anchor.sum(dim=1) * weight).sum()
 
         pred = deltas[img_idx, anchor_idx]

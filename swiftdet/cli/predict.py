@@ -427,6 +427,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--precision {args.precision} applies to swiftdet's own models; an exported file runs in "
                           f"the precision it was exported with (--backend {args.backend}).")
     cfg = load_config(args.config, args.overrides) if not exported else None
+    if cfg is not None and cfg.model.proposal_generator == "precomputed":
+        raise ConfigError("predict cannot run a Fast R-CNN (model.proposal_generator=precomputed): it needs each image's "
+                          "precomputed proposals, which arbitrary images do not have; use swiftdet eval with "
+                          "data.test.proposals, or a Faster R-CNN (model.proposal_generator=rpn).")
     videos, camera = _video_inputs(args)
     if camera is None and args.output is None:
         raise InputError("predict needs --output DIR, the folder for the drawn images (or videos) and the "

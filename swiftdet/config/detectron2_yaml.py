@@ -444,11 +444,31 @@ def _pair_thresholds(d2: _D2Config, prefix: str) -> tuple[float, float]:
     return float(t[0]), float(t[1])
 
 
+def _map_precomputed_proposals(d2: _D2Config, cfg: Config) -> None:
+    """Fast R-CNN: LOAD_PROPOSALS with the PrecomputedProposals generator -> model.proposal_generator
+    'precomputed' (no RPN is built; the MODEL.RPN keys keep their values unread), with its proposal
+    files (one per dataset) and top-k. Without LOAD_PROPOSALS detectron2 reads neither, nor do we."""
+    load = _require(d2, "MODEL.LOAD_PROPOSALS", (False, True), "MODEL.LOAD_PROPOSALS is true or false.")
+    name = _require(d2, "MODEL.PROPOSAL_GENERATOR.NAME", ("RPN", "PrecomputedProposals"),
+                    "swiftdet's proposal generators are detectron2's RPN and PrecomputedProposals (Fast R-CNN).")
+    if load != (name == "PrecomputedProposals"):
+        raise d2.refuse("MODEL.LOAD_PROPOSALS", f"MODEL.PROPOSAL_GENERATOR.NAME is {name!r}: swiftdet loads proposals "
+                        "(LOAD_PROPOSALS true) exactly when the generator is PrecomputedProposals.")
+    if not load:
+        return
+    cfg.model.proposal_generator = "precomputed"
+    for key, spec in (("DATASETS.PROPOSAL_FILES_TRAIN", cfg.data.train), ("DATASETS.PROPOSAL_FILES_TEST", cfg.data.test)):
+        files = list(d2.get(key))
+        if len(files) > 1:
+            raise d2.refuse(key, "swiftdet trains and evaluates on one dataset each: give one proposal file.")
+        spec.proposals = str(files[0]) if files else ""
+    cfg.data.proposal_topk_train = int(d2.get("DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN"))
+    cfg.data.proposal_topk_test = int(d2.get("DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST"))
+
+
 def _map_rpn(d2: _D2Config, cfg: Config) -> None:
     rpn = cfg.model.rpn
-    _require(d2, "MODEL.LOAD_PROPOSALS", (False,), "swiftdet's R-CNN makes its proposals with its RPN; Fast R-CNN on "
-             "precomputed proposal files is not supported yet.")
-    _require(d2, "MODEL.PROPOSAL_GENERATOR.NAME", ("RPN",), "swiftdet's proposal generator is detectron2's RPN.")
+    _map_precomputed_proposals(d2, cfg)
     _require(d2, "MODEL.RPN.HEAD_NAME", ("StandardRPNHead",), "swiftdet's RPN head is StandardRPNHead.")
     rpn.in_features = tuple(d2.get("MODEL.RPN.IN_FEATURES"))
     conv_dims = list(d2.get("MODEL.RPN.CONV_DIMS"))

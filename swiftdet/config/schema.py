@@ -383,6 +383,9 @@ class ModelConfig(Section):
     retinanet: RetinaNetConfig = field(default_factory=RetinaNetConfig)
     fcos: FCOSConfig = field(default_factory=FCOSConfig)
     ssd: SSDConfig = field(default_factory=SSDConfig)
+    # Where an R-CNN's proposals come from: 'rpn' (Faster R-CNN) or 'precomputed' (Fast R-CNN,
+    # detectron2's LOAD_PROPOSALS: no RPN; each image's proposals come from data.train/test.proposals).
+    proposal_generator: Literal["rpn", "precomputed"] = "rpn"
     # Checkpoint of the whole model (ours, or converted) loaded at build time; "" for none.
     weights: str = ""
     # mmdetection's GN+WS models: every conv followed by a GroupNorm (backbone, FPN, box-head and
@@ -419,6 +422,9 @@ class ModelConfig(Section):
         _check(self.convention == "detectron2" or self.retinanet.anchors.offset == 0.0,
                "model.retinanet.anchors.offset is detectron2's ANCHOR_GENERATOR.OFFSET: set model.convention=detectron2 or "
                "leave it 0.")
+        _check(self.proposal_generator == "rpn" or (self.arch == "rcnn" and self.cascade.num_stages == 0),
+               f"model.proposal_generator 'precomputed' (Fast R-CNN) needs arch 'rcnn' without model.cascade "
+               f"(got arch '{self.arch}', cascade.num_stages {self.cascade.num_stages}).")
         # C4 runs res5 as the box head, on which detectron2 has no keypoint head either.
         _check(not (self.keypoint_on and (self.arch != "rcnn" or self.layout == "c4")),
                f"model.keypoint_on needs arch 'rcnn' with layout 'fpn' or 'single' (got '{self.arch}', '{self.layout}').")
@@ -575,6 +581,9 @@ class DatasetSpec(Section):
     # cityscapes: the dataset root (with leftImg8bit/ and gtFine/).
     roots: tuple[str, ...] = ()
     split: str = ""  # voc: ImageSets/Main/<split>.txt ("trainval", "test"); cityscapes: "train", "val"
+    # coco / lvis: precomputed proposals of the json's images (a detectron2 or mmdetection .pkl), read
+    # by a Fast R-CNN (model.proposal_generator 'precomputed') only.
+    proposals: str = ""
 
     @property
     def is_set(self) -> bool:
@@ -596,6 +605,8 @@ class DatasetSpec(Section):
                   if value and not used]
         _check(not unused, f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not read by format "
                            f"'{self.format}': {'coco and lvis datasets are a json and an image_root' if by_files else 'voc and cityscapes datasets are roots and a split'}.")
+        _check(not (self.proposals and not by_files),
+               f"proposals files are read for coco and lvis datasets only, not format '{self.format}'.")
         _check(not (self.format == "cityscapes" and len(self.roots) > 1),
                f"format 'cityscapes' reads one dataset root; got roots {list(self.roots)}.")
         _check(not (self.roots and not self.split),
@@ -619,6 +630,10 @@ class DataConfig(Section):
     # category and f(c) the fraction of training images holding c.
     sampler: Literal["uniform", "repeat_factor"] = "uniform"
     repeat_threshold: Fraction = 0.001  # read by sampler='repeat_factor' only
+    # Fast R-CNN: each image's best proposals kept after the transforms (detectron2's
+    # PRECOMPUTED_PROPOSAL_TOPK_TRAIN / TEST).
+    proposal_topk_train: PositiveInt = 2000
+    proposal_topk_test: PositiveInt = 1000
 
     def validate(self) -> None:
         _check(self.sampler == "repeat_factor" or self.repeat_threshold == 0.001,
@@ -734,6 +749,7 @@ class Config(Section):
         _check(not (self.model.arch == "ssd" and self.input.resize == "fixed" and any(v % d for v in fixed)),
                f"input.size_divisibility={d} would pad SSD's input.fixed_size {list(fixed)} to other sizes and move its "
                "default boxes: set input.size_divisibility=1 (or a divisor of both sides).")
+        _check_proposal_settings(self)
         aug = self.test.aug
         # Test-time augmentation resizes to each of test.aug.min_sizes and merges detections.
         _check(not (aug.enabled and (self.input.resize == "fixed" or self.model.arch in ("ssd", "rpn"))),
@@ -743,6 +759,26 @@ class Config(Section):
         _check(not (aug.enabled and aug.flip and self.model.keypoint_on),
                "test.aug.flip=true with a keypoint model: a mirrored image swaps left and right keypoints, which "
                "test-time augmentation does not map back. Set test.aug.flip=false (sizes only) for keypoint models.")
+
+
+def _check_proposal_settings(cfg: "Config") -> None:
+    """Proposal files and their top-k are read by a Fast R-CNN only, which needs one for each
+    dataset it trains or evaluates on."""
+    data, precomputed = cfg.data, cfg.model.proposal_generator == "precomputed"
+    for name, spec in (("data.train", data.train), ("data.test", data.test)):
+        _check(precomputed or not spec.proposals,
+               f"{name}.proposals is set but model.proposal_generator is 'rpn': the RPN makes its own proposals. "
+               f"Set model.proposal_generator=precomputed (Fast R-CNN) or leave {name}.proposals empty.")
+        _check(not (precomputed and spec.is_set and not spec.proposals),
+               f"model.proposal_generator 'precomputed' (Fast R-CNN) has no RPN: set {name}.proposals to the proposal "
+               f"file of {name} (a detectron2 or mmdetection .pkl).")
+    topk = [k for k, v, d in (("data.proposal_topk_train", data.proposal_topk_train, 2000),
+                              ("data.proposal_topk_test", data.proposal_topk_test, 1000)) if v != d]
+    _check(precomputed or not topk,
+           f"{', '.join(topk)} is read by a Fast R-CNN (model.proposal_generator=precomputed) only.")
+    _check(not (precomputed and cfg.test.aug.enabled),
+           "test.aug.enabled=true with model.proposal_generator=precomputed: test-time augmentation resizes each image "
+           "itself and does not move the precomputed proposals. Set test.aug.enabled=false.")
 
 
 def _record_config_keys(cls: type, prefix: str = "") -> None:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from swiftdet.errors import ConfigError
 from swiftdet.structures import BitMasks, Boxes, Instances, Keypoints, PolygonMasks
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "MosaicDraw",
     "OtherImages",
     "RandomCrop",
+    "check_moves_proposals",
     "copy_paste",
     "crop_instances",
     "crop_polygons",
@@ -528,6 +530,20 @@ def scale_jitter(
     if instances is not None:
         instances = transform_instances(instances, draw.resized)
     return fixed_size_crop(image, instances, draw.window, draw.size, fill)
+
+
+def check_moves_proposals(mosaic: "Mosaic | None", copy_paste: "CopyPaste | None", crop: RandomCrop | None) -> None:
+    """ConfigError for the augmentations that cannot move a Fast R-CNN's precomputed proposals
+    (``model.proposal_generator=precomputed``): mosaic and copy-paste bring in other images, which
+    have no proposals in this sample, and the crop keeping instances picks its window by the targets
+    alone. The other steps move proposals like boxes."""
+    refused = [key for key, on in (("input.mosaic.prob", mosaic is not None), ("input.copy_paste.prob", copy_paste is not None),
+                                   ("input.crop.keep_instances", crop is not None and crop.keep_instances)) if on]
+    if refused:
+        raise ConfigError(f"{', '.join(refused)}: this augmentation cannot move the precomputed proposals of a Fast "
+                          "R-CNN (model.proposal_generator=precomputed): mosaic and copy-paste mix in other images, and "
+                          "the crop keeping instances picks its window by the targets. Turn it off (prob=0 / "
+                          "keep_instances=false).")
 
 
 # ----------------------------------------------------------------------------------------------

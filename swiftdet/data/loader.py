@@ -15,7 +15,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from swiftdet.config.schema import Config
-from swiftdet.data.augment import OtherImages
+from swiftdet.data.augment import OtherImages, check_moves_proposals
+from swiftdet.data.proposals import finish_proposals, image_proposals
 from swiftdet.data.samplers import InferenceSampler, TrainBatchSampler, repeat_factors_from_categories
 from swiftdet.data.storage import DetectionDataset, ImageRecord
 from swiftdet.data.transforms import (
@@ -25,6 +26,7 @@ from swiftdet.data.transforms import (
     augmentation_rng,
     read_image,
     record_to_instances,
+    transform_instances,
 )
 from swiftdet.errors import DatasetError, InputError, SwiftdetError
 from swiftdet.structures import Instances, flip_indices
@@ -45,6 +47,9 @@ class Sample:
         original_size: (h, w) of the image on disk.
         instances: targets in the resized image's coordinates (boxes, int64 labels, masks,
             keypoints), crowd annotations excluded; None when the loader was asked for none.
+        proposals: a Fast R-CNN's precomputed proposals (dataset loaded with a proposals file):
+            ``boxes`` (P, 4) xyxy in the resized image's pixels and ``scores`` (P,) objectness, moved
+            with the image, clipped, empty ones dropped, the top-k kept; None otherwise.
     """
 
     image: Tensor
@@ -52,6 +57,7 @@ class Sample:
     file_name: str
     original_size: tuple[int, int]
     instances: Instances | None
+    proposals: Instances | None = None
 
 
 def read_record_image(dataset: DetectionDataset, record: ImageRecord) -> Tensor:
@@ -80,6 +86,8 @@ class SampleMapper:
             (:meth:`load`) at indices drawn from that same generator, so a sample stays a function
             of (seed, position) whatever the workers or a resume.
         with_targets: build ``Sample.instances``.
+        proposal_topk: the best proposals kept per image (``data.proposal_topk_train`` / ``_test``),
+            when the dataset carries proposals.
         original_images: test samples keep the image at its size on disk (no ``test_transform``):
             test-time augmentation resizes each image itself (:func:`tta_resizes`).
     """
@@ -95,6 +103,7 @@ class SampleMapper:
         keypoint_flip_map: Sequence[tuple[str, str]] = (),
         with_targets: bool = True,
         original_images: bool = False,
+        proposal_topk: int = 1000,
     ):
         if training and train_transform is None:
             raise ValueError("a training SampleMapper needs its train_transform")
@@ -107,6 +116,9 @@ class SampleMapper:
         self.seed = int(seed)
         self.with_targets = with_targets
         self.original_images = original_images and not training
+        self.proposal_topk = int(proposal_topk)
+        if dataset.proposals is not None and training:
+            check_moves_proposals(train_transform.mosaic, train_transform.copy_paste, train_transform.random_crop)
         names = dataset.meta.keypoint_names
         flip_map = tuple(keypoint_flip_map) or dataset.meta.keypoint_flip_map
         try:
@@ -138,14 +150,26 @@ class SampleMapper:
         record = self.dataset.get(index)
         image, instances = self.load(index)
         h, w = int(image.shape[1]), int(image.shape[2])
+        proposals = None
+        if self.dataset.proposals is not None:  # Fast R-CNN: moved with the image like the boxes
+            proposals = image_proposals(self.dataset.proposals, record.image_id, (h, w))
         if self.training:
             rng = augmentation_rng(self.seed, position)
-            image, instances = self.train_transform(image, instances, rng, self.flip_index, others=self.others)
+            if proposals is None:
+                image, instances = self.train_transform(image, instances, rng, self.flip_index, others=self.others)
+            else:
+                image, instances, proposals = self.train_transform.with_proposals(image, instances, proposals, rng,
+                                                                                  self.flip_index)
         elif self.original_images:
             image = image.float()
         else:
             image, instances = apply_augmentation(image.float(), instances, self.test_transform.augmentation, self.flip_index)
-        return Sample(image=image, image_id=record.image_id, file_name=record.file_name, original_size=(h, w), instances=instances)
+            if proposals is not None:
+                proposals = transform_instances(proposals, (int(image.shape[-2]), int(image.shape[-1])))
+        if proposals is not None:
+            proposals = finish_proposals(proposals, self.proposal_topk)
+        return Sample(image=image, image_id=record.image_id, file_name=record.file_name, original_size=(h, w), instances=instances,
+                      proposals=proposals)
 
 
 @dataclass
@@ -297,6 +321,7 @@ def build_train_loader(
         train_transform=TrainTransform.from_config(cfg),
         seed=cfg.seed,
         keypoint_flip_map=cfg.data.keypoint_flip_map,
+        proposal_topk=cfg.data.proposal_topk_train,
     )
     group_of = None
     if cfg.data.aspect_ratio_grouping:
@@ -333,6 +358,7 @@ def build_test_loader(
         keypoint_flip_map=cfg.data.keypoint_flip_map,
         with_targets=with_targets,
         original_images=original_images,
+        proposal_topk=cfg.data.proposal_topk_test,
     )
     return TestLoader(mapper, InferenceSampler(len(dataset), rank, world_size), batch_size, _num_workers(cfg, num_workers))
 

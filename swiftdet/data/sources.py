@@ -80,9 +80,24 @@ def load_dataset(
     options = dict(check_images=check_images, training=training, filter_empty=filter_empty,
                    min_keypoints_per_image=min_keypoints_per_image, verbose=verbose)
     if spec.format == "coco":
-        return load_coco(spec.json, spec.image_root, **options)
-    data, image_root = _coco_dict(spec)
-    return coco_dict_to_dataset(data, spec.source, image_root, **options)
+        dataset = load_coco(spec.json, spec.image_root, **options)
+    else:
+        data, image_root = _coco_dict(spec)
+        dataset = coco_dict_to_dataset(data, spec.source, image_root, **options)
+    if spec.proposals:  # coco / lvis only (DatasetSpec.validate): matched to the images by id now
+        from swiftdet.data.proposals import read_proposal_file
+
+        dataset.proposals = read_proposal_file(spec.proposals, [int(i) for i in dataset.images.ids],
+                                               field=f"{field}.proposals", json_order=lambda: _json_image_ids(spec.json))
+    return dataset
+
+
+def _json_image_ids(path: str) -> list[int]:
+    """Every image id of a coco / lvis json, in its order (mmdetection's proposal lists follow it)."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        return [image["id"] for image in json.load(f)["images"]]
 
 
 def evaluation_ground_truth(spec: DatasetSpec, field: str = "data.test") -> str | dict[str, Any]:

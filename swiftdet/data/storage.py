@@ -200,6 +200,9 @@ class DetectionDataset:
         self.annotations = annotations
         self.image_root = str(image_root)
         self.load_summary = load_summary or LoadSummary(source=meta.name, training=False)
+        # Precomputed proposals by image id (a swiftdet.data.proposals.ProposalFile) when the dataset
+        # was loaded with a proposals file, for a Fast R-CNN; None otherwise.
+        self.proposals = None
 
     @staticmethod
     def from_records(
@@ -314,7 +317,9 @@ class DetectionDataset:
             widths=self.images.widths[which],
             ann_offsets=ann_offsets,
         )
-        return DetectionDataset(self.meta, images, self.annotations.take(ann_index), self.image_root, self.load_summary)
+        subset = DetectionDataset(self.meta, images, self.annotations.take(ann_index), self.image_root, self.load_summary)
+        subset.proposals = self.proposals  # by image id: still valid for the kept images
+        return subset
 
 
 # ----------------------------------------------------------------------------------------------

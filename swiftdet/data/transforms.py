@@ -44,6 +44,7 @@ from swiftdet.data.augment import (
     Mosaic,
     OtherImages,
     RandomCrop,
+    check_moves_proposals,
     copy_paste,
     crop_instances,
     fit_window,
@@ -52,6 +53,7 @@ from swiftdet.data.augment import (
     mosaic,
     random_crop,
     rotate90,
+    rotate90_instances,
     sample_copy_paste,
     sample_mosaic,
     sample_random_crop,
@@ -558,9 +560,20 @@ class TrainTransform:
         """
         if self.needs_other_images and others is None:
             raise ValueError("mosaic and copy-paste need the other training images: pass others=OtherImages(...)")
-        return self._augment(image, instances, rng, flip_index, others)
+        return self._augment(image, instances, rng, flip_index, others)[:2]
 
-    def _augment(self, image, instances, rng, flip_index, others):
+    def with_proposals(
+        self, image: Tensor, instances: Instances | None, proposals: Instances, rng: np.random.Generator,
+        flip_index: Sequence[int] | None = None,
+    ) -> tuple[Tensor, Instances | None, Instances]:
+        """As :meth:`__call__`, with a Fast R-CNN's proposals (Instances: boxes, scores) moved like the
+        boxes of the targets (not clipped: :func:`swiftdet.data.proposals.finish_proposals` does it
+        after). Mosaic, copy-paste and the crop keeping instances are refused for them
+        (:func:`~swiftdet.data.augment.check_moves_proposals`)."""
+        check_moves_proposals(self.mosaic, self.copy_paste, self.random_crop)
+        return self._augment(image, instances, rng, flip_index, None, proposals)
+
+    def _augment(self, image, instances, rng, flip_index, others, proposals=None):
         aug = sample_augmentation(rng, self.min_sizes, self.max_size, self.hflip_prob, self.fixed_size)
         photometric = sample_photometric(rng, self.photometric_distort_prob)
         if self.mosaic is not None and others is not None:
@@ -571,30 +584,44 @@ class TrainTransform:
         h, w = int(image.shape[-2]), int(image.shape[-1])
         zoom = sample_zoom_out(rng, h, w, self.zoom_out_prob, self.zoom_out_max_scale)
         image = photometric_distort(image, photometric).float()
+        # Proposals (Fast R-CNN) follow each geometric step as boxes: shifted, cut ("area" rule), turned, resized.
         if zoom is not None:
             image, instances = zoom_out(image, instances, zoom, self.zoom_out_fill)
+            if proposals is not None:
+                proposals = shift_instances(proposals, zoom.left, zoom.top, (zoom.height, zoom.width))
         if self.iou_crop and instances is not None:
             window = sample_iou_crop(rng, int(image.shape[-2]), int(image.shape[-1]), instances.boxes.tensor)
             if window is not None:
                 image, instances = crop(image, instances, window)
+                proposals = crop_instances(proposals, window, "area") if proposals is not None else None
         if self.random_crop is not None:
             windows = sample_random_crop(rng, int(image.shape[-2]), int(image.shape[-1]), self.random_crop)
             image, instances = random_crop(image, instances, windows)
+            # One window (keep_instances is refused with proposals): the one random_crop cut.
+            proposals = crop_instances(proposals, windows[0], "area") if proposals is not None else None
         if self.rotate90_prob > 0:
-            image, instances = rotate90(image, instances, sample_rotate90(rng, self.rotate90_prob))
+            turns = sample_rotate90(rng, self.rotate90_prob)
+            image, instances = rotate90(image, instances, turns)
+            proposals = rotate90_instances(proposals, turns) if proposals is not None else None
         if self.lsj is not None:
             jitter = sample_scale_jitter(rng, int(image.shape[-2]), int(image.shape[-1]), self.lsj)
             image, instances = scale_jitter(image, instances, jitter, self.zoom_out_fill)
+            if proposals is not None:
+                proposals = transform_instances(proposals, jitter.resized)
+                proposals = shift_instances(crop_instances(proposals, jitter.window, "area"), 0, 0, jitter.size)
             if aug.hflip:
                 image = image.flip(-1)
                 instances = hflip_instances(instances, flip_index) if instances is not None else None
+                proposals = hflip_instances(proposals) if proposals is not None else None
         else:
             image, instances = apply_augmentation(image, instances, aug, flip_index)
+            if proposals is not None:
+                proposals = transform_instances(proposals, (int(image.shape[-2]), int(image.shape[-1])), aug.hflip)
         if self.copy_paste is not None and others is not None:
             draw = sample_copy_paste(rng, self.copy_paste, others.count)
             if draw is not None and instances is not None:
                 image, instances = self._paste(image, instances, draw, flip_index, others)
-        return image, instances
+        return image, instances, proposals
 
     def _paste(self, image: Tensor, instances: Instances, draw: CopyPasteDraw, flip_index, others: OtherImages):
         """Copy-paste from the drawn image, augmented (no mosaic, no paste) by a generator of its own."""
@@ -602,7 +629,7 @@ class TrainTransform:
         src_image, src = others.load(draw.index)
         if src is None or len(src) == 0:
             return image, instances
-        src_image, src = self._augment(src_image, src, src_rng, flip_index, None)
+        src_image, src, _ = self._augment(src_image, src, src_rng, flip_index, None)
         size = (int(image.shape[-2]), int(image.shape[-1]))
         window = fit_window(int(src_image.shape[-2]), int(src_image.shape[-1]), size, float(src_rng.random()))
         src_image, src = fixed_size_crop(src_image, src, window, size, self.zoom_out_fill)

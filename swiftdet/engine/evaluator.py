@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from swiftdet.data.proposals import batch_proposals
 from swiftdet.engine.distributed import all_gather_object, get_rank
 from swiftdet.evaluation.coco import CocoEvaluation, format_metrics, run_coco_evaluation
 from swiftdet.evaluation.proposals import evaluate_box_proposals
@@ -75,7 +76,10 @@ def run_inference(
     num_images = 0
     try:
         for index, batch in enumerate(loader):
-            predictions = detector.predict([s.image for s in batch], [tuple(s.original_size) for s in batch])
+            # A Fast R-CNN's samples carry their proposals (data.test.proposals): an input of the model.
+            given = ({"proposals": batch_proposals(batch, detector.device)}
+                     if getattr(batch[0], "proposals", None) is not None else {})
+            predictions = detector.predict([s.image for s in batch], [tuple(s.original_size) for s in batch], **given)
             for sample, instances in zip(batch, predictions):
                 instances = instances.to("cpu")
                 results[int(sample.image_id)] = (convert(instances, sample) if convert is not None else

@@ -25,6 +25,7 @@ from torch import nn
 
 from swiftdet.config.core import config_to_dict, config_to_yaml
 from swiftdet.config.schema import Config
+from swiftdet.data.proposals import batch_proposals
 from swiftdet.engine.checkpoint import (
     CheckpointManager,
     capture_rng_state,
@@ -403,8 +404,11 @@ class Trainer:
                 with sync:
                     images = self.module.preprocess([s.image for s in batch])
                     targets = [_targets_of(s).to(self.device) for s in batch]
+                    # A Fast R-CNN's batch carries its proposals (data.train.proposals): an input of the model.
+                    given = ({"proposals": batch_proposals(batch, self.device)}
+                             if getattr(batch[0], "proposals", None) is not None else {})
                     with self._autocast():
-                        losses = self.model(images, targets)
+                        losses = self.model(images, targets, **given)
                     loss = sum(losses.values()) / accumulate
                     # Non-finite losses are caught after the reduction below, before the optimizer
                     # step, so that every rank stops at the same iteration and no bad update lands.

@@ -40,6 +40,13 @@ def check_exportable(cfg: Config) -> None:
             f"Exporting model.arch={cfg.model.arch!r} is not supported yet; the exportable architectures are "
             f"{', '.join(EXPORTABLE_ARCHS)}. Run this model with swiftdet predict (eager) instead."
         )
+    if cfg.model.proposal_generator == "precomputed":
+        # The exported graph's inputs are images and sizes; a Fast R-CNN's core also takes proposals.
+        raise ConfigError(
+            "Exporting a Fast R-CNN (model.proposal_generator=precomputed) is not supported: it has no RPN and its "
+            "core needs each image's proposals from a file, which an exported graph is not given. Export a Faster "
+            "R-CNN (model.proposal_generator=rpn) instead."
+        )
 
 
 def export_graph_for(model: Detector, cfg: Config) -> ExportGraph:

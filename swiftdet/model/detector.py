@@ -237,20 +237,32 @@ class Detector(nn.Module, ABC):
         std = (self.pixel_std / 255.0).float()
         return (images / 255.0 - mean) / std
 
-    def forward(self, images: ImageList, targets: Sequence[Instances] | None = None):
+    def forward(self, images: ImageList, targets: Sequence[Instances] | None = None,
+                proposals: tuple[Tensor, Tensor] | None = None):
         """Training: dict of scalar losses. Eval: per-image Instances in the resized images'
         coordinates (boxes, scores, labels, ``mask_probs`` for mask models, ``keypoints`` for
-        keypoint models)."""
+        keypoint models). ``proposals``: the batch's given proposals, for an architecture whose core
+        takes them (Fast R-CNN, :meth:`check_proposals`); passed on to ``losses`` and ``core``."""
+        extra = {} if proposals is None and not self.needs_proposals else {
+            "proposals": self.check_proposals(proposals, len(images))}
         if self.training:
             targets = self.check_targets(targets, len(images))
-            return self.losses(images, [t.to(self.device) for t in targets])
+            return self.losses(images, [t.to(self.device) for t in targets], **extra)
         sizes = torch.tensor(images.image_sizes, dtype=torch.int64, device=images.tensor.device).reshape(-1, 2)
         if self.precision == "fp32":
-            return unpack_detections(self.core(images.tensor, sizes), images.image_sizes)
+            return unpack_detections(self.core(images.tensor, sizes, **extra), images.image_sizes)
         with torch.autocast(images.tensor.device.type, dtype=torch.bfloat16):
-            raw = self.core(images.tensor, sizes)
+            raw = self.core(images.tensor, sizes, **extra)
         raw = {k: v.float() if v.is_floating_point() else v for k, v in raw.items()}
         return unpack_detections(raw, images.image_sizes)
+
+    #: Whether the core takes a third input, the batch's proposals (Fast R-CNN).
+    needs_proposals = False
+
+    def check_proposals(self, proposals: tuple[Tensor, Tensor] | None, num_images: int) -> tuple[Tensor, Tensor]:
+        """The given proposals, checked and on the model's device; refused by a model that makes its own."""
+        raise InputError("This model makes its own proposals; pass proposals only to a Fast R-CNN "
+                         "(model.proposal_generator 'precomputed').")
 
     def postprocess(self, results: Sequence[Instances], images: ImageList) -> list[Instances]:
         """Detections mapped to the original image sizes: boxes (and keypoints) scaled by float32
@@ -259,12 +271,14 @@ class Detector(nn.Module, ABC):
                 for r, orig in zip(results, images.original_sizes)]
 
     @torch.no_grad()
-    def predict(self, images: Sequence[Tensor], original_sizes: Sequence[tuple[int, int]] | None = None) -> list[Instances]:
-        """preprocess -> forward (eval) -> postprocess. Leaves the module's train/eval mode as it was."""
+    def predict(self, images: Sequence[Tensor], original_sizes: Sequence[tuple[int, int]] | None = None,
+                proposals: tuple[Tensor, Tensor] | None = None) -> list[Instances]:
+        """preprocess -> forward (eval) -> postprocess. Leaves the module's train/eval mode as it was.
+        ``proposals`` as in :meth:`forward`, in the resized images' pixels."""
         was_training = self.training
         self.eval()
         try:
             batch = self.preprocess(images, original_sizes)
-            return self.postprocess(self(batch), batch)
+            return self.postprocess(self(batch, proposals=proposals), batch)
         finally:
             self.train(was_training)

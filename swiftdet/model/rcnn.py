@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from swiftdet.config.schema import ModelConfig
-from swiftdet.errors import ConfigError
+from swiftdet.errors import ConfigError, InputError
 from swiftdet.model.anchors import AnchorGenerator
 from swiftdet.model.backbone import FPN, MobileNetV3, ResNet, build_fpn, build_mobilenet_v3, build_resnet, make_resnet_stage
 from swiftdet.model.box_coder import BoxCoder
@@ -23,7 +23,12 @@ from swiftdet.model.roi_heads import BoxHead, BoxPredictor, MaskHead, MultiScale
 from swiftdet.model.rpn import RPN, RPNHead
 from swiftdet.structures import ImageList, Instances
 
-__all__ = ["GeneralizedRCNN", "build_proposal_stage", "build_rcnn"]
+__all__ = ["GeneralizedRCNN", "build_proposal_stage", "build_rcnn", "padded_to_rois"]
+
+_NEEDS_PROPOSALS = ("This Fast R-CNN (model.proposal_generator 'precomputed') has no RPN: it needs each image's "
+                    "proposals, model(images, targets, proposals=(boxes (B, P, 4), counts (B,))) in the resized images' "
+                    "pixels (swiftdet.data.proposals.batch_proposals of samples loaded with data.*.proposals). To run "
+                    "on images alone use the Faster R-CNN (model.proposal_generator 'rpn').")
 
 
 class GeneralizedRCNN(Detector):
@@ -32,12 +37,13 @@ class GeneralizedRCNN(Detector):
     Args:
         backbone: bottom-up network, a features dict from a (B, 3, H, W) batch.
         fpn: pyramid over the backbone's features, or None (C4 layout).
-        rpn: proposals from the features.
+        rpn: proposals from the features; None for Fast R-CNN (``model.proposal_generator='precomputed'``),
+            whose proposals are an input of :meth:`forward`, :meth:`predict` and :meth:`core`.
         roi_heads: box (and mask) heads on the proposals.
         **shell: the :class:`Detector` settings (normalisation, padding, mask threshold).
     """
 
-    def __init__(self, *, backbone: ResNet | MobileNetV3, fpn: FPN | None, rpn: RPN, roi_heads: RoIHeads, **shell):
+    def __init__(self, *, backbone: ResNet | MobileNetV3, fpn: FPN | None, rpn: RPN | None, roi_heads: RoIHeads, **shell):
         super().__init__(num_classes=roi_heads.num_classes, **shell)
         self.backbone = backbone
         self.fpn = fpn
@@ -58,21 +64,62 @@ class GeneralizedRCNN(Detector):
             features = self.fpn(features)
         return features
 
-    def core(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
-        features = self.extract_features(images)
-        proposals, _ = self.rpn(images, image_sizes, features)
-        return self.roi_heads(features, proposals, image_sizes)
+    @property
+    def needs_proposals(self) -> bool:
+        """A Fast R-CNN (no RPN) takes the batch's proposals: (B, P, 4) float32 xyxy boxes in the resized
+        images' pixels, zero-padded per image, and their (B,) int64 counts
+        (:func:`swiftdet.data.proposals.batch_proposals`); training adds the ground truth to them (the
+        RoI heads' sampling)."""
+        return self.rpn is None
 
-    def losses(self, images: ImageList, targets: list[Instances]) -> dict[str, Tensor]:
+    def check_proposals(self, proposals: tuple[Tensor, Tensor] | None, num_images: int) -> tuple[Tensor, Tensor]:
+        if not self.needs_proposals:
+            return super().check_proposals(proposals, num_images)
+        if proposals is None:
+            raise InputError(_NEEDS_PROPOSALS)
+        boxes, counts = proposals
+        if boxes.dim() != 3 or boxes.shape[0] != num_images or boxes.shape[2] != 4 or counts.shape != (num_images,):
+            raise InputError(f"Fast R-CNN proposals of shapes {tuple(boxes.shape)} and {tuple(counts.shape)} do not fit a "
+                             f"batch of {num_images} images: expected (B, P, 4) boxes and (B,) counts.")
+        return boxes.to(self.device, torch.float32), counts.to(self.device, torch.int64)
+
+    def core(self, images: Tensor, image_sizes: Tensor,
+             proposals: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+        """The contract's core; a Fast R-CNN's takes a third input, ``proposals`` = ((B, P, 4) float32
+        padded boxes, (B,) int64 counts), turned into rois by tensor operations only."""
+        features = self.extract_features(images)
+        if self.rpn is None:
+            if proposals is None:
+                raise InputError(_NEEDS_PROPOSALS)
+            return self.roi_heads(features, padded_to_rois(*proposals), image_sizes)
+        rois, _ = self.rpn(images, image_sizes, features)
+        return self.roi_heads(features, rois, image_sizes)
+
+    def losses(self, images: ImageList, targets: list[Instances],
+               proposals: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
         sizes = torch.tensor(images.image_sizes, dtype=torch.int64, device=images.tensor.device).reshape(-1, 2)
         features = self.extract_features(images.tensor)
-        proposals, rpn_losses = self.rpn(images.tensor, sizes, features, targets)
-        return {**rpn_losses, **self.roi_heads(features, proposals, sizes, targets)}
+        if self.rpn is None:  # Fast R-CNN: the given proposals; the RoI heads' sampling adds the ground truth
+            if proposals is None:
+                raise InputError(_NEEDS_PROPOSALS)
+            boxes, counts = proposals
+            return self.roi_heads(features, [b[:n] for b, n in zip(boxes, counts.tolist())], sizes, targets)
+        rpn_proposals, rpn_losses = self.rpn(images.tensor, sizes, features, targets)
+        return {**rpn_losses, **self.roi_heads(features, rpn_proposals, sizes, targets)}
 
     def check_targets(self, targets, num_images: int) -> list[Instances]:
         keypoints = self.roi_heads.keypoint_head.num_keypoints if self.roi_heads.keypoint_on else 0
         return check_targets(targets, num_images, self.num_classes, needs_masks=self.roi_heads.mask_on,
                              num_keypoints=keypoints)
+
+
+def padded_to_rois(boxes: Tensor, counts: Tensor) -> Tensor:
+    """(B, P, 4) padded proposals and their (B,) counts -> (R, 5) rois (image index first), by tensor
+    operations only (a trace replays them for any counts)."""
+    b, p = boxes.shape[:2]
+    keep = torch.arange(p, device=boxes.device)[None, :] < counts[:, None]
+    index = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None, None].expand(b, p, 1)
+    return torch.cat([index, boxes], dim=2)[keep]
 
 
 def _check(cond: bool, message: str) -> None:
@@ -142,6 +189,8 @@ def build_rcnn(cfg: ModelConfig, size_divisibility: int = 32) -> GeneralizedRCNN
     cfg.validate()
     k = cfg.num_classes
     backbone, fpn, shapes, rpn = build_proposal_stage(cfg)
+    if cfg.proposal_generator == "precomputed":
+        rpn = None  # Fast R-CNN: no RPN (nor its weights); the proposals are an input of forward and core
 
     bh = cfg.box_head
     bad = [f for f in bh.in_features if f not in shapes]

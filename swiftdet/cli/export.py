@@ -1,5 +1,5 @@
 """`swiftdet export CONFIG --weights W --format onnx --output model.onnx [--opset N] [--batch dynamic|N]
-[--image-size HxW|dynamic] [KEY=VALUE ...]`.
+[--image-size HxW|dynamic] [--no-masks-paste] [--quantize int8 --calib DIR_OR_JSON [--calib-images N]] [KEY=VALUE ...]`.
 
 Writes the whole model (normalisation to the per-image top-k) as one ONNX file of standard
 operators, or TorchScript; run it with ``swiftdet predict --backend onnxruntime --model FILE``.
@@ -25,6 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batch size of the exported graph: dynamic (default) or a fixed N")
     parser.add_argument("--image-size", default="dynamic", metavar="HxW|dynamic",
                         help="padded input size: dynamic (default) or fixed HxW, multiples of input.size_divisibility")
+    parser.add_argument("--no-masks-paste", action="store_true",
+                        help="mask models: output each detection's mask probabilities in its box (mask_probs) instead of "
+                             "masks pasted into the original image (input original_sizes); the runtime then pastes them. "
+                             "Models without masks ignore it")
+    parser.add_argument("--quantize", default=None, choices=("int8",),
+                        help="int8: static post-training quantization of the ONNX file (onnxruntime QDQ, int8 weights "
+                             "per channel) of the backbone, FPN and heads; the box predictor and everything after it "
+                             "stay float. Needs --calib")
+    parser.add_argument("--calib", default=None, metavar="DIR_OR_JSON",
+                        help="calibration images for --quantize: a folder (searched recursively) or a COCO json, whose "
+                             "file names are under the image_root the config pairs with that json (data.train or "
+                             "data.test), else under the json's own folder; use training images, not the test set")
+    parser.add_argument("--calib-images", type=int, default=None, metavar="N",
+                        help="how many calibration images, spread evenly over --calib (default 32)")
 
 
 def _parse_batch(text: str) -> int | None:
@@ -60,12 +74,45 @@ def run(args: argparse.Namespace) -> int:
     if note:
         print(note)
     check_exportable(cfg)  # before the weights are read
+    calib = _calibration_images(args, cfg)  # refused before the export's minutes, not after
     if not (args.weights or cfg.model.weights):
         raise ConfigError("Nothing to export: give the trained weights with --weights W (a checkpoint or converted file).")
     model, report = build_model_with_weights(cfg, args.weights, require_complete=True)
     meta = dict(report.meta) if report is not None else {}
-    path = export_model(model, cfg, args.output, fmt=args.format, meta=meta, opset=args.opset, batch=batch,
-                        image_size=size)
-    print(f"Wrote {path} ({args.format}, {cfg.model.arch}, batch {args.batch}, image size {args.image_size}). "
+    if calib is None:
+        path = export_model(model, cfg, args.output, fmt=args.format, meta=meta, opset=args.opset, batch=batch,
+                            image_size=size, paste_masks=not args.no_masks_paste)
+    else:
+        import tempfile
+        from pathlib import Path
+
+        from swiftdet.export.quantize import quantize_onnx
+
+        with tempfile.TemporaryDirectory(prefix="swiftdet_export_") as tmp:
+            fp32 = export_model(model, cfg, Path(tmp) / "model_fp32.onnx", fmt="onnx", meta=meta, opset=args.opset,
+                                batch=batch, image_size=size, paste_masks=not args.no_masks_paste)
+            path = quantize_onnx(fp32, args.output, calib)
+    what = f"{args.format}{', int8 from ' + str(len(calib)) + ' calibration images' if calib else ''}"
+    print(f"Wrote {path} ({what}, {cfg.model.arch}, batch {args.batch}, image size {args.image_size}). "
           f"Run it with: {predict_command(path, args.format)}")
     return 0
+
+
+def _calibration_images(args: argparse.Namespace, cfg):
+    """The calibration files of --quantize int8 (None without it); ConfigError for a bad combination."""
+    from swiftdet.errors import ConfigError
+    from swiftdet.export.quantize import DEFAULT_CALIB_IMAGES, calibration_images
+
+    if args.quantize is None:
+        if args.calib is not None or args.calib_images is not None:
+            raise ConfigError("--calib and --calib-images are for --quantize int8; add --quantize int8 or leave them out.")
+        return None
+    if args.format != "onnx":
+        raise ConfigError(f"--quantize {args.quantize} writes an ONNX file (run by onnxruntime or OpenVINO); it does not "
+                          f"apply to --format {args.format}. Use --format onnx.")
+    if args.calib is None:
+        raise ConfigError(f"--quantize {args.quantize} needs calibration images: --calib DIR_OR_JSON (a folder of "
+                          "images or a COCO json, e.g. the training set's).")
+    roots = [(spec.json, spec.image_root) for spec in (cfg.data.train, cfg.data.test)]
+    count = DEFAULT_CALIB_IMAGES if args.calib_images is None else args.calib_images
+    return calibration_images(args.calib, count, image_roots=roots)

@@ -11,4 +11,5 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="inference precision: fp32 (default) or bf16 (bfloat16 autocast: convolutions and matrix "
                              "products in bf16, boxes and scores in float32; needs native bf16: a CPU with AVX512-BF16 "
-                             "or AMX, or a GPU that has it)")
+                             "or AMX, or a GPU that has it); for int8, export the model with swiftdet export "
+                             "--quantize int8 --calib IMAGES; then run it with --backend onnxruntime --model FILE")

@@ -24,7 +24,7 @@ from swiftdet.errors import ConfigError, InputError, WeightsError
 from swiftdet.export.onnx import EXPORT_FORMAT
 from swiftdet.inference.predictor import Predictor
 from swiftdet.model.postprocess import postprocess_instances
-from swiftdet.structures import Boxes, ImageList, Instances, Keypoints
+from swiftdet.structures import Boxes, CroppedMasks, ImageList, Instances, Keypoints
 
 __all__ = ["BACKENDS", "ExportedModel", "load_exported_predictor", "predict_command", "read_export_info"]
 
@@ -104,7 +104,11 @@ class ExportedModel:
         self.size_divisibility = cfg.input.size_divisibility
         self.mask_threshold = cfg.model.mask_head.mask_threshold
         self.convention = cfg.model.convention  # how results map back to the image (mask pasting, empty boxes)
+        self.inputs = tuple(info.get("inputs", "images,image_sizes").split(","))
         self.outputs = tuple(info.get("outputs", "boxes,scores,labels,num_detections").split(","))
+        # Files written before masks were pasted in the graph have no such key: their mask models
+        # output mask_probs, pasted here as for --no-masks-paste files.
+        self.masks_pasted = info.get("masks_pasted", "0") == "1"
         self.batch = None if info.get("batch", "dynamic") == "dynamic" else int(info["batch"])
         size = info.get("image_size", "dynamic")
         self.image_size = None if size == "dynamic" else tuple(int(v) for v in size.split("x"))
@@ -134,20 +138,27 @@ class ExportedModel:
                 raise ConfigError(f"'{path}' is an ONNX file: use --backend onnxruntime.")
             self._module = torch.jit.load(str(self.path), map_location="cpu").eval()
 
-    def run(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
-        """The graph's outputs by name (boxes, scores, labels, num_detections, and mask_probs /
-        keypoints for models with those heads) for a padded batch."""
-        if self.backend == "onnxruntime":
-            feed = {"images": images.numpy().astype(np.float32), "image_sizes": image_sizes.numpy().astype(np.int64)}
-            values = [torch.from_numpy(o) for o in self._session.run(list(self.outputs), feed)]
-        elif self.backend == "openvino":
-            feed = {"images": images.numpy().astype(np.float32), "image_sizes": image_sizes.numpy().astype(np.int64)}
-            result = self._compiled(feed)
-            by_name = {port.get_any_name(): result[port] for port in self._compiled.outputs}
-            values = [torch.from_numpy(np.array(by_name[name])) for name in self.outputs]
+    def run(self, images: Tensor, image_sizes: Tensor, original_sizes: Tensor | None = None) -> dict[str, Tensor]:
+        """The graph's outputs by name (boxes, scores, labels, num_detections, and mask_probs or
+        masks / keypoints for models with those heads) for a padded batch; ``original_sizes``
+        (B, 2) int64 is needed by graphs that paste masks (``self.masks_pasted``)."""
+        args = [images.float(), image_sizes.to(torch.int64)]
+        if "original_sizes" in self.inputs:
+            if original_sizes is None:
+                raise InputError(f"'{self.path}' pastes masks into the original images: run it with original_sizes "
+                                 "(B, 2), each image's (height, width) before the test resize.")
+            args.append(original_sizes.to(torch.int64))
+        if self.backend in ("onnxruntime", "openvino"):
+            feed = {name: value.numpy() for name, value in zip(self.inputs, args)}
+            if self.backend == "onnxruntime":
+                values = [torch.from_numpy(o) for o in self._session.run(list(self.outputs), feed)]
+            else:
+                result = self._compiled(feed)
+                by_name = {port.get_any_name(): result[port] for port in self._compiled.outputs}
+                values = [torch.from_numpy(np.array(by_name[name])) for name in self.outputs]
         else:
             with torch.no_grad():
-                values = list(self._module(images, image_sizes))
+                values = list(self._module(*args))
         return dict(zip(self.outputs, values))
 
     def predict(self, images: Sequence[Tensor], original_sizes: Sequence[tuple[int, int]] | None = None) -> list[Instances]:
@@ -164,11 +175,15 @@ class ExportedModel:
             raise InputError(f"The exported model takes batches of exactly {self.batch} images (fixed at export), "
                              f"got {len(images)}. Use --batch-size {self.batch} or export with --batch dynamic.")
         sizes = torch.tensor(batch.image_sizes, dtype=torch.int64).reshape(-1, 2)
-        outputs = self.run(tensor, sizes)
+        originals = torch.tensor(batch.original_sizes, dtype=torch.int64).reshape(-1, 2)
+        outputs = self.run(tensor, sizes, originals)
         counts = outputs["num_detections"]
         out = []
         for i, (size, original) in enumerate(zip(batch.image_sizes, batch.original_sizes)):
             n = int(counts[i])
+            if self.masks_pasted:
+                out.append(self._pasted_instances(outputs, i, n, tuple(original)))
+                continue
             extra = {}
             if "mask_probs" in outputs:
                 extra["mask_probs"] = outputs["mask_probs"][i, :n]
@@ -178,6 +193,39 @@ class ExportedModel:
                             labels=outputs["labels"][i, :n], **extra)
             out.append(postprocess_instances(raw, tuple(original), self.mask_threshold, self.convention))
         return out
+
+    @staticmethod
+    def _pasted_instances(outputs: dict[str, Tensor], i: int, n: int, original: tuple[int, int]) -> Instances:
+        """Image i's n detections of a graph that pasted its masks: already in the original
+        image's pixels (rescaled, clipped, and for detectron2's convention filtered), masks
+        (Hmax, Wmax) kept as the crops of their foreground (CroppedMasks, as eager results)."""
+        height, width = original
+        extra = {"masks": _cropped(outputs["masks"][i, :n, :height, :width])}
+        if "keypoints" in outputs:
+            extra["keypoints"] = Keypoints(outputs["keypoints"][i, :n])
+        return Instances(original, boxes=Boxes(outputs["boxes"][i, :n]), scores=outputs["scores"][i, :n],
+                         labels=outputs["labels"][i, :n], **extra)
+
+
+def _cropped(masks: Tensor) -> CroppedMasks:
+    """(N, H, W) 0/1 masks as CroppedMasks, each the bounding box of its foreground (an empty
+    mask: an empty crop)."""
+    masks = masks.to(torch.bool)
+    n, height, width = masks.shape
+    rows, cols = masks.any(dim=2), masks.any(dim=1)  # (N, H), (N, W)
+    # First and one past the last foreground row / column; argmax finds the first True.
+    y0, x0 = rows.to(torch.uint8).argmax(dim=1), cols.to(torch.uint8).argmax(dim=1)
+    y1 = height - rows.flip(1).to(torch.uint8).argmax(dim=1)
+    x1 = width - cols.flip(1).to(torch.uint8).argmax(dim=1)
+    empty = ~rows.any(dim=1)
+    crops, offsets = [], torch.zeros((n, 2), dtype=torch.int64)
+    for k, (a, b, c, d, e) in enumerate(zip(y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist(), empty.tolist())):
+        if e:
+            crops.append(torch.zeros((0, 0), dtype=torch.bool))
+            continue
+        crops.append(masks[k, a:b, c:d].clone())
+        offsets[k, 0], offsets[k, 1] = c, a
+    return CroppedMasks(crops, offsets, (height, width))
 
 
 def load_exported_predictor(path: str | os.PathLike, backend: str = "onnxruntime", *, batch_size: int = 1,

@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from swiftdet.inference.benchmark import PeakMemory
+
 NAMES = ("torchvision", "swiftdet")
 
 
@@ -82,10 +84,11 @@ def _memory_worker(script: str, which: str, model: str, threads: int, fast: bool
     del tv, ours
     image = bench.make_image()
     fn(net, image)
-    before = rss_bytes()
-    fn(net, image)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    queue.put(max(peak - before, 0))
+    # The peak of this inference alone (VmHWM reset before it): the lifetime peak would be the
+    # build's, with both models and the converted state dict in memory.
+    with PeakMemory(torch.device("cpu")) as memory:
+        fn(net, image)
+    queue.put(memory.increase_bytes)
 
 
 def in_fresh_process(target: Callable, *args):

@@ -21,22 +21,24 @@ swiftdet crops ground-truth masks for the mask loss with aligned RoIAlign (detec
 with the legacy unaligned one.
 
 Memory: each model in a fresh process builds the model and an SGD optimiser, runs one step (which
-allocates the momentum buffers and warms the allocator), reads its resident memory, runs one more step
-and reads the peak (``ru_maxrss``); the difference is what a step needs above the model and its optimiser
-state.
+allocates the momentum buffers and warms the allocator), then runs one more step inside
+``swiftdet.inference.benchmark.PeakMemory`` (the peak resident set size, VmHWM, reset before the step:
+the lifetime peak ``ru_maxrss`` would be the build's, with both models loaded); the figure is that peak
+minus the resident memory before the step, what a step needs above the model and its optimiser state.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import time
 
 import torch
 from torch import nn
 
-from _harness import in_fresh_process, rss_bytes
+from swiftdet.inference.benchmark import PeakMemory
+
+from _harness import in_fresh_process
 
 NAMES = ("torchvision", "swiftdet")
 SIZE = (512, 640)
@@ -167,9 +169,9 @@ def _memory_worker(which: str, model: str, threads: int, queue) -> None:
             else make_step(ours, losses_ours, images, targets))
     del tv, ours
     step()
-    before = rss_bytes()
-    step()
-    queue.put(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, 0))
+    with PeakMemory(torch.device("cpu")) as memory:
+        step()
+    queue.put(memory.increase_bytes)
 
 
 def main() -> None:

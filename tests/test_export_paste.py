@@ -83,10 +83,13 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, (a & b).sum(1).float() / union.clamp(min=1), torch.ones_like(union))
 
 
-def _assert_same(expected, got, min_iou: float = 0.99, max_flips: int = 0) -> None:
+def _assert_same(expected, got, min_iou: float = 0.99, max_flips: int = 2) -> None:
     """Same counts, labels and image sizes; boxes (original pixels) within 1e-3 of the network's input
     pixels times the resize; scores within 1e-3; each mask IoU >= ``min_iou`` or at most
-    ``max_flips`` pixels different."""
+    ``max_flips`` pixels different. (The runtimes' float rounding of the boxes, ~1e-4 px, decides the
+    pixels whose sample lands on the threshold: a clean-clone CI run flipped one pixel of a small
+    mask through OpenVINO and two through onnxruntime's detectron2 paste, IoU 0.97-0.98; a wrong
+    paste moves whole edges.)"""
     assert [len(r) for r in got] == [len(r) for r in expected] and sum(len(r) for r in expected) > 0
     for e, o in zip(expected, got):
         assert o.image_size == e.image_size and torch.equal(o.labels, e.labels)
@@ -159,14 +162,14 @@ def test_the_paste_in_the_graph_is_the_eager_paste_bit_for_bit(exported, detectr
 @pytest.mark.slow
 def test_detectron2_convention_pastes_its_way(detectron2, images, tmp_path):
     """detectron2's paste follows the box continuously (no integer box), so onnxruntime's box
-    rounding (~1e-4 px) can flip a pixel at a small mask's edge: IoU >= 0.99 or one pixel; and the
+    rounding (~1e-4 px) can flip pixels at a small mask's edge: IoU >= 0.99 or two pixels; and the
     graph's paste equals the runtime's paste of the same file's mask_probs (--no-masks-paste)."""
     model, cfg = detectron2
     export_model(model, cfg, tmp_path / "d2.onnx", meta=META)
     export_model(model, cfg, tmp_path / "d2_probs.onnx", meta=META, paste_masks=False)
     eager = Predictor.from_model(cfg, model, batch_size=3)
     pasted = load_exported_predictor(tmp_path / "d2.onnx", batch_size=3)(images[:3])
-    _assert_same(eager(images[:3]), pasted, max_flips=1)
+    _assert_same(eager(images[:3]), pasted)
     for a, b in zip(pasted, load_exported_predictor(tmp_path / "d2_probs.onnx", batch_size=3)(images[:3])):
         assert torch.equal(a.masks.to_bitmasks().tensor, b.masks.to_bitmasks().tensor)
 

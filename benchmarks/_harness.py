@@ -36,6 +36,17 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "float32's by rounding, so the agreement line then reads as a difference report")
 
 
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time in seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def machine_peaks(threads: int, repeats: int = 5) -> dict[str, float]:
     """This machine's fp32 GFLOP/s on ``threads`` threads: a 2048^3 matrix product and a 3x3
     convolution of 256 channels on a 200x304 channels-last map (an FPN level of an 800x1216 image)."""
@@ -47,13 +58,7 @@ def machine_peaks(threads: int, repeats: int = 5) -> dict[str, float]:
     with torch.no_grad():
         for name, fn, flops in (("matmul", lambda: a @ b, 2 * 2048**3),
                                 ("conv3x3", lambda: conv(x), 2 * 256 * 256 * 9 * 200 * 304)):
-            fn()
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            figures[name] = flops / statistics.median(times) / 1e9
+            figures[name] = flops / median_time(fn, repeats) / 1e9
     return figures
 
 

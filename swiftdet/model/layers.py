@@ -315,6 +315,6 @@ def prepare_for_training(model: nn.Module) -> nn.Module:
     format, so that its convolutions run NHWC forward and backward (oneDNN's native CPU layout and
     cuDNN's preferred one). The parameters stay the same objects (optimizers built before or after
     keep them) and their values are unchanged; only the convolutions' summation order differs. On the
-    2-core AVX-512 test CPU a Faster R-CNN R50-FPN training step on 2x3x512x640 took 5.0 s instead of
-    5.7 s (``benchmarks/train_step.py``)."""
+    2-core AVX-512 test CPU a Faster R-CNN R50-FPN training step on 2x3x512x640 took 4.5 s instead of
+    5.0 s (``benchmarks/training_kernels.py``)."""
     return model.to(memory_format=torch.channels_last)

@@ -92,6 +92,9 @@ class SwiftdetSSD:
     model: nn.Module
     transform: object
 
+    def set_precision(self, precision: str) -> None:  # the harness sets it on every benchmarked model
+        self.model.set_precision(precision)
+
 
 def build_models(model: str, seed: int = 0, fast: bool = True):
     """(torchvision model, SwiftdetSSD) with identical random weights, both in eval mode.

@@ -1,12 +1,13 @@
 """`swiftdet benchmark CONFIG [KEY=VALUE ...] [--weights W] [--images DIR] [--batch-size N] [--num-images N]
-[--warmup N] [--fuse] [--device cpu|cuda] [--train] [--out benchmark.json]`.
+[--warmup N] [--fuse] [--compile] [--device cpu|cuda] [--train] [--out benchmark.json]`.
 
 The model-zoo table's figures, measured as mmdetection's ``tools/analysis_tools/benchmark.py``
 measures them (:mod:`swiftdet.inference.benchmark`): inference time per image and images/s --
 normalisation, network and post-processing to the original image size, between CUDA
 synchronisations, the images decoded and resized before the clock starts -- over ``--num-images``
 images after ``--warmup`` untimed batches, and the peak memory of those timed steps (CUDA:
-``max_memory_allocated``; CPU: peak resident set size, see :class:`PeakMemory`).
+``max_memory_allocated``; CPU: peak resident set size, see :class:`PeakMemory`). With ``--compile``
+the warm-up batches are where torch.compile compiles (their wall time is reported, not timed).
 
 Without ``--images`` the images are synthetic (uniform noise) of the config's largest test size
 (``min_size_test x max_size_test``, or ``input.fixed_size``); without ``--weights`` (and no
@@ -34,7 +35,7 @@ import sys
 import tempfile
 from typing import Any
 
-from swiftdet.cli.options import add_precision_argument
+from swiftdet.cli.options import add_compile_argument, add_precision_argument
 
 NAME = "benchmark"
 HELP = "measure inference time per image, images/s and peak memory (and with --train seconds per training iteration)"
@@ -73,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "random targets")
     parser.add_argument("--out", default=None, metavar="FILE", help="write the figures as json (e.g. benchmark.json)")
     add_precision_argument(parser)
+    add_compile_argument(parser)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -84,6 +86,10 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"{option} must be >= {low}, got {value}.")
     if args.score_thresh is not None and not 0.0 <= args.score_thresh <= 1.0:
         raise ConfigError(f"--score-thresh must be in [0, 1], got {args.score_thresh}.")
+    if args.compile and args.warmup < 1:
+        # The first batch compiles (tens of seconds or more): timed, it would be all the figure says.
+        raise ConfigError("--compile needs --warmup >= 1: the warm-up batches are where torch.compile compiles, "
+                          "and they are not timed (give more when the images have several sizes).")
     if args.images is not None and not os.path.isdir(args.images):
         # Said before the model is built, which takes a while.
         raise InputError(f"--images '{args.images}' is not a folder. Give a folder of images, or leave --images out "
@@ -158,6 +164,8 @@ def _progress(total: int, desc: str):
 
 
 def measure_inference(args, cfg, model, originals, device) -> dict[str, Any]:
+    import time
+
     from swiftdet.data.transforms import TestTransform
     from swiftdet.inference.benchmark import PeakMemory, time_inference
     from swiftdet.model.layers import fuse_for_inference
@@ -166,17 +174,22 @@ def measure_inference(args, cfg, model, originals, device) -> dict[str, Any]:
     # Decoded and resized before timing (mmdetection's data loader runs outside its timer too).
     prepared = [(transform(img.to(device).float()), (int(img.shape[1]), int(img.shape[2]))) for img in originals]
     net = fuse_for_inference(model) if args.fuse else model
+    net.set_compiled(args.compile)  # after the fusion: what is compiled is what runs
     batches = _batches(prepared, args.batch_size)
     memory = PeakMemory(device)
     with _progress(args.num_images, "benchmark inference") as bar:
+        start = time.perf_counter()
         timing = time_inference(net, batches, num_images=args.num_images, warmup=args.warmup, device=device,
                                 progress=bar, memory=memory)
+    # The untimed warm-up's wall time (with --compile: the compilation), for the record.
+    warmup_s = max(time.perf_counter() - start - timing.total_seconds, 0.0)
     sizes = sorted({tuple(int(s) for s in image.shape[-2:]) for image, _ in prepared})
     return {
         "images": timing.images,
         "batches": len(timing.batch_seconds),
         "batch_size": args.batch_size,
         "warmup_batches": args.warmup,
+        "warmup_s": warmup_s,
         "input_sizes": [list(s) for s in sizes],
         "total_s": timing.total_seconds,
         "ms_per_image": timing.ms_per_image,
@@ -187,6 +200,7 @@ def measure_inference(args, cfg, model, originals, device) -> dict[str, Any]:
         "memory_increase_mb": memory.increase_bytes / 2**20,
         "memory_method": memory.method,
         "fused": bool(args.fuse),
+        "compiled": bool(args.compile),
     }
 
 
@@ -304,10 +318,13 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
              f"{result['torch_threads']} torch threads)",
              f"  weights: {result['weights']}; images: {result['images']}",
              f"  {'':28s} {'ms/img':>9s} {'img/s':>8s} {'peak MiB':>10s} {'+MiB':>9s}",
-             f"  {'inference' + (' (fused)' if inf['fused'] else ''):28s} {inf['ms_per_image']:9.1f} "
+             f"  {'inference' + (' (fused)' if inf['fused'] else '') + (' (compiled)' if inf['compiled'] else ''):28s} "
+             f"{inf['ms_per_image']:9.1f} "
              f"{inf['images_per_s']:8.2f} {inf['peak_memory_mb']:10.1f} {inf['memory_increase_mb']:9.1f}"]
     lines.append(f"  {inf['images']} images in {inf['batches']} batches of {inf['batch_size']} after "
-                 f"{inf['warmup_batches']} warm-up batches; {inf['mean_detections_per_image']:.1f} detections per image")
+                 f"{inf['warmup_batches']} warm-up batches ({inf['warmup_s']:.1f} s"
+                 f"{', torch.compile compiling: not timed' if inf['compiled'] else ''}); "
+                 f"{inf['mean_detections_per_image']:.1f} detections per image")
     train = result.get("train")
     if train:
         lines.append(f"  {'training':28s} {1000 * train['s_per_iter'] / (train['batch_size'] * train['accumulate_steps']):9.1f} "
@@ -339,6 +356,10 @@ def run(args: argparse.Namespace) -> int:
         model.score_thresh = args.score_thresh
     model = model.to(device).eval()
     model.set_precision(args.precision)
+    if args.compile:  # said before the images are loaded; measure_inference compiles the model it runs
+        from swiftdet.model.detector import check_compile_toolchain
+
+        check_compile_toolchain(device)
     originals, where = _load_images(args, cfg)
     result: dict[str, Any] = {
         "config": args.config,
@@ -347,6 +368,7 @@ def run(args: argparse.Namespace) -> int:
         "device_name": _device_name(device),
         "torch_threads": torch.get_num_threads(),
         "precision": args.precision,
+        "compiled": bool(args.compile),
         "torch_version": torch.__version__,
         "weights": weights,
         "random_weights": random,

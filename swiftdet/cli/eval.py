@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from swiftdet.cli.options import add_precision_argument
+from swiftdet.cli.options import add_compile_argument, add_precision_argument
 from swiftdet.config.core import load_config
 from swiftdet.errors import ConfigError
 
@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "required for --backend eager")
     parser.add_argument("--output", metavar="DIR", default=None, help="also append the metrics to DIR/metrics.jsonl")
     add_precision_argument(parser)
+    add_compile_argument(parser)
     parser.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "openvino", "torchscript"),
                         help="what runs the model: eager PyTorch (default, with --weights), or an exported file given "
                              "with --model (fp32 or int8), evaluated on CONFIG's data.test with the file's own model "
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, note = config_for_weights(cfg, args.weights, args.overrides)
     if note and os.environ.get("RANK", "0") == "0":  # once, not from every torchrun process
         print(note)
-    run_evaluation(cfg, args.weights, output_dir=args.output, precision=args.precision)
+    run_evaluation(cfg, args.weights, output_dir=args.output, precision=args.precision, compile=args.compile)
     return 0
 
 
@@ -96,6 +97,9 @@ def _run_exported(cfg, args: argparse.Namespace) -> dict[str, float]:
     if args.precision != "fp32":
         raise ConfigError(f"--precision {args.precision} is for the eager model; an exported file runs in the precision "
                           "it was exported with (swiftdet export --quantize int8 for int8).")
+    if args.compile:
+        raise ConfigError(f"--compile is for the eager model (torch.compile); an exported file is run by its runtime as "
+                          f"it is (--backend {args.backend}).")
     if cfg.data.test.format != "coco":
         raise ConfigError(f"--backend {args.backend} evaluates COCO-format test sets; data.test.format is "
                           f"{cfg.data.test.format!r}. Use the eager model (--weights) for this dataset.")

@@ -26,7 +26,7 @@ import os
 import sys
 from pathlib import Path, PurePosixPath
 
-from swiftdet.cli.options import add_precision_argument
+from swiftdet.cli.options import add_compile_argument, add_precision_argument
 
 NAME = "predict"
 HELP = ("detect objects in image files or folders (drawn images and COCO-format predictions.json), in videos "
@@ -94,6 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "others; by default it is skipped and listed in DIR/skipped_images.txt (an error only "
                              "when no input can be read)")
     add_precision_argument(parser)
+    add_compile_argument(parser)
 
 
 def collect_images(paths: list[str], exclude: str | os.PathLike | None = None,
@@ -426,6 +427,9 @@ def run(args: argparse.Namespace) -> int:
     if exported and args.precision != "fp32":
         raise ConfigError(f"--precision {args.precision} applies to swiftdet's own models; an exported file runs in "
                           f"the precision it was exported with (--backend {args.backend}).")
+    if exported and args.compile:
+        raise ConfigError(f"--compile applies to swiftdet's own models (torch.compile); an exported file is run by its "
+                          f"runtime as it is (--backend {args.backend}).")
     cfg = load_config(args.config, args.overrides) if not exported else None
     if cfg is not None and cfg.model.proposal_generator == "precomputed":
         raise ConfigError("predict cannot run a Fast R-CNN (model.proposal_generator=precomputed): it needs each image's "
@@ -455,7 +459,8 @@ def run(args: argparse.Namespace) -> int:
         if note:
             print(note)
         predictor = Predictor(cfg, args.weights, device=args.device, score_thresh=args.score_thresh,
-                              batch_size=args.batch_size, fast=not args.plain, precision=args.precision)
+                              batch_size=args.batch_size, fast=not args.plain, precision=args.precision,
+                              compile=args.compile)
     draw_detections = _drawer(predictor, cfg, args.draw_thresh)
     draw = not getattr(args, "no_draw", False)
     if camera is not None:

@@ -343,8 +343,9 @@ def train_in_processes(cfg: Config, output_dir: str | Path, *, resume: bool, npr
 
 
 def run_evaluation(cfg: Config, weights: str | Path, *, output_dir: str | Path | None = None,
-                   precision: str = "fp32") -> dict[str, float]:
+                   precision: str = "fp32", compile: bool = False) -> dict[str, float]:
     """Evaluate the model file ``weights`` on ``cfg.data.test`` (every process of a torchrun group helps).
+    ``compile``: run the core through torch.compile (``Detector.set_compiled``).
 
     With ``output_dir``, rank 0 appends the metrics to ``output_dir/metrics.jsonl`` (with the
     ``precision`` of the inference, one of model.detector.PRECISIONS).
@@ -365,6 +366,7 @@ def run_evaluation(cfg: Config, weights: str | Path, *, output_dir: str | Path |
         model, report = build_model_with_weights(cfg, weights, require_complete=True)
         model.to(device).eval()
         model.set_precision(precision)
+        model.set_compiled(compile)
         metrics = _make_evaluate(cfg, test_set)(model, "", in_place=True)
         if output_dir is not None and rank == 0:
             writer = MetricsWriter(output_dir, tensorboard=False)

@@ -135,6 +135,9 @@ class Predictor:
             rounding, in less time. ``False`` runs the model exactly as trained.
         precision: "fp32", or "bf16" (bfloat16 autocast where the device has it natively, see
             :meth:`swiftdet.model.detector.Detector.set_precision`).
+        compile: run the model's core through ``torch.compile`` (after the fusion of ``fast``;
+            :meth:`swiftdet.model.detector.Detector.set_compiled`): the first images of each size
+            are slow while it compiles.
 
     The predictor holds one copy of the weights: with ``fast`` the model it built from the file is
     fused in place (no trained copy is kept beside it; :attr:`source_model` builds that again from
@@ -150,6 +153,7 @@ class Predictor:
         batch_size: int = 1,
         fast: bool = True,
         precision: str = "fp32",
+        compile: bool = False,
     ):
         if batch_size < 1:  # before the model is built, which takes a while
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
@@ -171,8 +175,9 @@ class Predictor:
         # (a trained copy beside the fused one doubled inference's memory). source_model rebuilds it.
         self._weights, self._score_thresh = weights, score_thresh
         self._source_model = None if fast else model
-        self._setup(cfg, fuse_for_inference(model, inplace=True) if fast else model,
-                    dict(report.meta) if report is not None else {}, device, batch_size, None,
+        model = fuse_for_inference(model, inplace=True) if fast else model
+        model.set_compiled(compile)  # after the fusion: the fused model is what is compiled
+        self._setup(cfg, model, dict(report.meta) if report is not None else {}, device, batch_size, None,
                     f"Weights '{weights or cfg.model.weights}'")
 
     @property

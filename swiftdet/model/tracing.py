@@ -8,16 +8,18 @@ __all__ = ["is_tracing", "traced_min", "count_values"]
 
 
 def is_tracing() -> bool:
-    """True under ``torch.jit.trace`` (and so ONNX export) and ``torch.compile``/``torch.export``.
+    """True under ``torch.jit.trace`` (and so ONNX export) and ``torch.export``.
 
     The detector cores take a few eager-only shortcuts whose choice reads tensor values (a faster
     NMS for many boxes, a top-k without listing every candidate); each has a tensor-only path with
     the same result, which a trace must record instead, or it would bake in one input's choice.
+    ``torch.compile`` (``Detector.set_compiled``) runs the eager paths: it breaks the graph where
+    they read values, guards on what it specialised, and so gives eager's detections exactly.
     """
     if torch.jit.is_tracing():
         return True
     compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and compiler.is_compiling())
+    return bool(compiler is not None and hasattr(compiler, "is_exporting") and compiler.is_exporting())
 
 
 def traced_min(tensor: Tensor, dim: int, k: int) -> int | Tensor:

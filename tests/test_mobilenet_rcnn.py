@@ -126,9 +126,23 @@ def test_matches_torchvision(name, tiny_coco):
     fused = fuse_for_inference(ours)
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in fused.backbone.modules())
     for r, e in zip(fused.predict(resized, original_sizes=[tuple(im.shape[-2:]) for im in images]), expected):
-        assert len(r) == len(e["boxes"]) and torch.equal(r.labels, e["labels"] - 1)
+        assert len(r) == len(e["boxes"])
         torch.testing.assert_close(r.scores, e["scores"], rtol=0, atol=1e-5)
-        torch.testing.assert_close(r.boxes.tensor, e["boxes"], rtol=0, atol=1e-3)
+        assert_same_detections_up_to_ties(r.boxes.tensor, r.scores, r.labels, e["boxes"], e["scores"], e["labels"] - 1)
+
+
+def assert_same_detections_up_to_ties(boxes, scores, labels, exp_boxes, exp_scores, exp_labels, score_tol=1e-5,
+                                      box_tol=1e-3) -> None:
+    """Each detection equals the expected one at its rank, or one of the same label whose score is
+    within ``score_tol`` (two boxes of one class scoring 6e-7 apart swap places when rounding moves
+    either score): a one-to-one match, boxes within ``box_tol`` px."""
+    unused = set(range(len(exp_scores)))
+    for i in range(len(scores)):
+        near = [j for j in sorted(unused, key=lambda j: abs(j - i)) if labels[i] == exp_labels[j]
+                and abs(float(scores[i] - exp_scores[j])) <= score_tol
+                and float((boxes[i] - exp_boxes[j]).abs().max()) <= box_tol]
+        assert near, f"detection {i} (label {int(labels[i])}, score {float(scores[i]):.7f}) matches none expected"
+        unused.remove(near[0])
 
 
 def test_recipes_state_torchvisions_settings():

@@ -13,7 +13,7 @@ from torchvision.ops import FrozenBatchNorm2d, deform_conv2d
 
 from swiftdet.errors import InputError
 
-__all__ = ["ConvNormAct", "DeformConv2d", "FoldedNorm", "WSConv2d", "conv_norm", "fuse_conv_bn", "fuse_for_inference", "prepare_for_training",
+__all__ = ["ConvNormAct", "ConvAct2d", "DeformConv2d", "FoldedNorm", "WSConv2d", "conv_norm", "conv_norm_act", "fuse_conv_bn", "fuse_for_inference", "prepare_for_training",
            "get_norm",
            "is_fused", "standardize_weight", "use_weight_standardization"]
 
@@ -56,6 +56,94 @@ def conv_norm(conv: nn.Module, norm: nn.Module | None, x: Tensor) -> Tensor:
     return x if norm is None else norm(x)
 
 
+def _pointwise_op():
+    """oneDNN's convolution with fused element-wise epilogues (what inductor's CPU fusion calls), or
+    None where this PyTorch build lacks it."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    try:
+        return None if ops is None or not torch.backends.mkldnn.is_available() else ops._convolution_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_POINTWISE = _pointwise_op()
+
+
+def _is_exporting() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # newer than torch 2.4
+    return bool(is_exporting is not None and is_exporting())
+
+
+def _runs_in_onednn(conv: nn.Module, norm: nn.Module | None, x: Tensor) -> bool:
+    """Whether ``relu(conv(x) [+ residual])`` may run as one oneDNN call: eager CPU float32
+    inference of a plain Conv2d whose norm is folded away (or absent), on channels-last input.
+    Channels-last CPU convolutions run in oneDNN anyway and the epilogue is applied to the same
+    accumulators: outputs equal the separate ops' bit for bit at detection feature sizes, and within
+    float rounding on maps of a few pixels, where oneDNN may pick another kernel for the fused call
+    (tests/test_fused_act.py). NCHW inputs may take PyTorch's other kernels, traces and exports need
+    standard ops, and autocast and torch.compile choose their own kernels: those keep the separate ops."""
+    return (_POINTWISE is not None and (norm is None or type(norm) is FoldedNorm) and type(conv) in _ONEDNN_CONVS
+            and not conv.training and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
+            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_scripting() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling() and not _is_exporting())
+
+
+# Activations a conv block may end in: the eager function, and oneDNN's name and scalars for it.
+_ACTIVATIONS = {
+    "relu": (F.relu_, "relu", []),
+    "relu6": (lambda x: F.hardtanh_(x, 0.0, 6.0), "hardtanh", [0.0, 6.0]),
+    "hardswish": (lambda x: F.hardswish(x, inplace=True), "hardswish", []),
+    "": (lambda x: x, "none", []),
+}
+
+
+def conv_norm_act(conv: nn.Module, norm: nn.Module | None, x: Tensor, activation: str = "relu",
+                  residual: Tensor | None = None) -> Tensor:
+    """``activation(norm(conv(x)) + residual)`` (``residual`` optional; ``activation`` one of
+    "relu", "relu6", "hardswish" or "" for none): a conv block's output. In the fused inference
+    model on the CPU (:func:`_runs_in_onednn`) the activation, and the residual sum of a ResNet or
+    MobileNet block, are the convolution's epilogue: no separate passes over the output (on
+    ResNet-50 at 800x1216 those passes are the backbone's largest non-convolution cost)."""
+    eager, name, scalars = _ACTIVATIONS[activation]
+    if _runs_in_onednn(conv, norm, x):
+        args = (conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        if residual is None:
+            return _POINTWISE(x, *args, name, scalars, "")
+        return _POINTWISE.binary(x, residual, *args, "add", None, None if name == "none" else name, scalars, "")
+    out = conv_norm(conv, norm, x)
+    return eager(out if residual is None else out + residual)
+
+
+class ConvAct2d(nn.Conv2d):
+    """A Conv2d whose output goes through ``activation`` (:func:`conv_norm_act`'s names): what
+    :func:`fuse_for_inference` puts where a ``Sequential`` holds a conv followed by ReLU or ReLU6
+    (that module becomes an Identity), so that the two run as one call. Same parameters and
+    state-dict keys as the conv."""
+
+    activation = "relu"
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, activation: str) -> "ConvAct2d":
+        fused = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta")
+        fused.weight, fused.bias, fused.activation = conv.weight, conv.bias, activation
+        return fused.train(conv.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _runs_in_onednn(self, None, x):
+            return conv_norm_act(self, None, x, self.activation)
+        return _ACTIVATIONS[self.activation][0](super().forward(x))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation={self.activation}"
+
+
+_ONEDNN_CONVS = (nn.Conv2d, ConvAct2d)
+
+
 class ConvNormAct(nn.Module):
     """Conv2d, optional norm, optional ReLU. The conv has a bias only when there is no norm.
 
@@ -82,10 +170,9 @@ class ConvNormAct(nn.Module):
     conv_norm_pairs = (("conv", "norm"),)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = conv_norm(self.conv, self.norm, x)
         if self.activation:
-            x = x.relu_()
-        return x
+            return conv_norm_act(self.conv, self.norm, x)
+        return conv_norm(self.conv, self.norm, x)
 
 
 def standardize_weight(weight: Tensor, eps: float = 1e-5) -> Tensor:
@@ -305,9 +392,30 @@ def fuse_for_inference(model: nn.Module, channels_last: bool = True, inplace: bo
     unless ``inplace``.
     """
     fused = fuse_conv_bn(model, inplace=inplace)
+    _fuse_relus(fused)
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
     return fused
+
+
+def _fuse_relus(model: nn.Module) -> None:
+    """In every Sequential, a plain Conv2d followed (after a folded norm, if any) by ReLU or ReLU6
+    becomes a :class:`ConvAct2d` and the activation an Identity, so that the pair runs as one
+    oneDNN call."""
+    for module in list(model.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for i, name in enumerate(names):
+            if type(module._modules[name]) is not nn.Conv2d:
+                continue
+            j = i + 1
+            if j < len(names) and type(module._modules[names[j]]) is FoldedNorm:
+                j += 1
+            activation = {nn.ReLU: "relu", nn.ReLU6: "relu6"}.get(type(module._modules[names[j]])) if j < len(names) else None
+            if activation is not None:
+                module._modules[name] = ConvAct2d.from_conv(module._modules[name], activation)
+                module._modules[names[j]] = nn.Identity()
 
 
 def prepare_for_training(model: nn.Module) -> nn.Module:

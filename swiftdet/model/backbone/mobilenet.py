@@ -40,6 +40,7 @@ from torch.nn import functional as F
 from torchvision.ops import FrozenBatchNorm2d
 
 from swiftdet.config.schema import ResNetConfig
+from swiftdet.model.layers import conv_norm_act
 
 __all__ = [
     "InvertedResidual",
@@ -91,14 +92,6 @@ def _norm(name: str, channels: int, eps: float, momentum: float) -> nn.Module:
     raise ValueError(f"MobileNetV3 norm must be 'FrozenBN', 'BN' or 'SyncBN', got {name!r}")
 
 
-def _activate(x: Tensor, activation: str) -> Tensor:
-    if activation == "relu":
-        return F.relu(x, inplace=True)
-    if activation == "hardswish":
-        return F.hardswish(x, inplace=True)
-    return x
-
-
 class ConvNormActivation(nn.Module):
     """Conv2d (no bias), norm, then ReLU, hardswish or nothing (``activation`` "relu", "hardswish", "")."""
 
@@ -124,8 +117,9 @@ class ConvNormActivation(nn.Module):
         self.norm = _norm(norm[0], out_channels, norm[1], norm[2])
         self.activation = activation
 
-    def forward(self, x: Tensor) -> Tensor:
-        return _activate(self.norm(self.conv(x)), self.activation)
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """``activation(norm(conv(x)) + residual)``."""
+        return conv_norm_act(self.conv, self.norm, x, self.activation, residual)
 
 
 class SqueezeExcitation(nn.Module):
@@ -188,10 +182,7 @@ class InvertedResidual(nn.Module):
         out = self.depthwise(expanded)
         if self.se is not None:
             out = self.se(out)
-        out = self.project(out)
-        if self.use_residual:
-            out = out + x
-        return out, expanded
+        return self.project(out, residual=x if self.use_residual else None), expanded
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_with_expansion(x)[0]

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from swiftdet.config.schema import ResNetConfig
-from swiftdet.model.layers import DeformConv2d, conv_norm, get_norm
+from swiftdet.model.layers import DeformConv2d, conv_norm, conv_norm_act, get_norm
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "build_resnet", "make_resnet_stage", "resnet_state_dict_from_torchvision",
            "stage_out_channels"]
@@ -51,9 +51,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
-        out = F.relu_(conv_norm(self.conv1, self.bn1, x))
-        out = conv_norm(self.conv2, self.bn2, out)
-        return F.relu_(out + identity)
+        out = conv_norm_act(self.conv1, self.bn1, x)
+        return conv_norm_act(self.conv2, self.bn2, out, residual=identity)
 
 
 class Bottleneck(nn.Module):
@@ -103,14 +102,12 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
-        out = F.relu_(conv_norm(self.conv1, self.bn1, x))
+        out = conv_norm_act(self.conv1, self.bn1, x)
         if self.conv2_offset is None:
-            out = conv_norm(self.conv2, self.bn2, out)
+            out = conv_norm_act(self.conv2, self.bn2, out)
         else:
-            out = self.bn2(self.conv2(out, self.conv2_offset(out)))
-        out = F.relu_(out)
-        out = conv_norm(self.conv3, self.bn3, out)
-        return F.relu_(out + identity)
+            out = F.relu_(self.bn2(self.conv2(out, self.conv2_offset(out))))
+        return conv_norm_act(self.conv3, self.bn3, out, residual=identity)
 
 
 def _stage_norm(cfg: ResNetConfig, stage: int) -> str:
@@ -211,7 +208,7 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         outputs = {}
-        x = F.relu_(conv_norm(self.conv1, self.bn1, x))
+        x = conv_norm_act(self.conv1, self.bn1, x)
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         if "stem" in self.out_features:
             outputs["stem"] = x

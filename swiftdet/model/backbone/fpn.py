@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from swiftdet.config.schema import ModelConfig
 from swiftdet.model.layers import ConvNormAct
+from swiftdet.model.tracing import is_tracing
 
 __all__ = ["FPN", "LastLevelP6P7", "build_fpn"]
 
@@ -104,9 +105,7 @@ class FPN(nn.Module):
         last_inner = self.lateral_convs[-1](xs[-1])
         results = [self.output_convs[-1](last_inner)]
         for i in range(len(xs) - 2, -1, -1):
-            lateral = self.lateral_convs[i](xs[i])
-            top_down = F.interpolate(last_inner, size=lateral.shape[-2:], mode="nearest")
-            last_inner = lateral + top_down
+            last_inner = _add_upsampled(self.lateral_convs[i](xs[i]), last_inner)
             results.insert(0, self.output_convs[i](last_inner))
         if self.top_block_name == "maxpool":
             results.append(F.max_pool2d(results[-1], 1, 2, 0))
@@ -114,6 +113,21 @@ class FPN(nn.Module):
             src = xs[-1] if self.top_block_name == "p6p7_c5" else results[-1]
             results.extend(self.top_block(src))
         return dict(zip(self.out_features, results))
+
+
+def _add_upsampled(lateral: Tensor, coarse: Tensor) -> Tensor:
+    """``lateral + interpolate(coarse, size=lateral's, mode="nearest")``, summed into ``lateral``
+    (a fresh conv output; no autograd function it went through needs it back). Where ``lateral`` is
+    exactly twice ``coarse``'s size (inputs padded to a multiple of the coarsest stride), ``coarse``
+    is added through a broadcast view of 2x2 blocks: nearest upsampling by 2 repeats each value on
+    one block, so the upsampled map, a full-resolution temporary (62 MB at P2 of 800x1216), is never
+    made. Same values, bit for bit."""
+    (h, w), (hc, wc) = lateral.shape[-2:], coarse.shape[-2:]
+    if is_tracing() or (h, w) != (2 * hc, 2 * wc):
+        return lateral.add_(F.interpolate(coarse, size=(h, w), mode="nearest"))
+    blocks = lateral.unflatten(3, (wc, 2)).unflatten(2, (hc, 2))  # (B, C, Hc, 2, Wc, 2), a view
+    blocks.add_(coarse[:, :, :, None, :, None])
+    return lateral
 
 
 def build_fpn(cfg: ModelConfig, bottom_up_shapes: dict[str, tuple[int, int]]) -> FPN:

@@ -78,7 +78,14 @@ def per_image_nms(
         num_per_image: (num_images,) int64.
     """
     # An (image, class) pair is one NMS group: images never suppress each other's boxes.
-    keep = class_wise_nms(boxes, scores, image_idx * num_labels + labels, iou_threshold)
+    groups = image_idx * num_labels + labels
+    if torch.jit.is_tracing():
+        # One NMS per group, at most max_per_image kept each (a group's boxes past its own best
+        # max_per_image have that many better ones in their image, so the cap changes nothing).
+        keep = _grouped_nms_traced(boxes, scores, groups, num_images * num_labels, iou_threshold, max_per_image)
+        keep = keep[scores[keep].argsort(descending=True)]
+    else:
+        keep = class_wise_nms(boxes, scores, groups, iou_threshold)
     # keep is sorted by decreasing score; a stable sort by image keeps that order within each image.
     keep = keep[stable_argsort(image_idx[keep])]
     kept_images = image_idx[keep]
@@ -87,3 +94,66 @@ def per_image_nms(
     rank = torch.arange(keep.numel(), device=keep.device) - starts[kept_images]
     keep = keep[rank < max_per_image]
     return keep, count_values(image_idx[keep], num_images)
+
+
+class _GroupNms(torch.autograd.Function):
+    """ONNX's NonMaxSuppression on groups laid out as its batch: boxes (G, W, 4), scores (G, 1, W)
+    with -inf in the unused slots -> (S, 3) int64 rows (group, 0, slot) of the kept boxes, at
+    most ``max_per_group`` per group. Exported as that one standard operator, whose runtimes then
+    compare each box only with the kept boxes of its own group; traced for TorchScript, as
+    torchvision's NMS of the same boxes."""
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, max_per_group: int, iou_threshold: float) -> Tensor:
+        return _group_nms(boxes, scores, max_per_group, iou_threshold)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_group: int, iou_threshold: float):
+        return g.op("NonMaxSuppression", boxes, scores,
+                    g.op("Constant", value_t=torch.tensor([max_per_group], dtype=torch.int64)),
+                    g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float32)),
+                    # Every finite score passes; the unused slots' -inf do not.
+                    g.op("Constant", value_t=torch.tensor([torch.finfo(torch.float32).min], dtype=torch.float32)))
+
+
+def _group_nms(boxes: Tensor, scores: Tensor, max_per_group: int, iou_threshold: float) -> Tensor:
+    """What :class:`_GroupNms` computes, with torchvision's NMS."""
+    width = boxes.shape[1]
+    flat = scores.reshape(-1)
+    used = torch.nonzero(flat > float("-inf")).squeeze(1)
+    group = used // width
+    keep = batched_nms(boxes.reshape(-1, 4)[used], flat[used], group, iou_threshold)
+    keep = keep[stable_argsort(group[keep])]  # by group, each by decreasing score
+    kept_groups = group[keep]
+    counts = count_values(kept_groups, boxes.shape[0])
+    rank = torch.arange(keep.numel(), device=keep.device) - (counts.cumsum(0) - counts)[kept_groups]
+    keep = keep[rank < max_per_group]
+    slots = used[keep] % width
+    return torch.stack((group[keep], torch.zeros_like(slots), slots), dim=1)
+
+
+def _grouped_nms_traced(boxes: Tensor, scores: Tensor, groups: Tensor, num_groups, iou_threshold: float,
+                        max_per_group: int) -> Tensor:
+    """Indices of the boxes NMS keeps within each group (at most ``max_per_group`` each), for a
+    trace: the (P,) candidates are laid out as (num_groups, W) slots, W the largest group, and run
+    as one batched NMS (:class:`_GroupNms`) instead of one NMS over offset boxes, whose runtimes
+    compare every box with every kept box of the whole batch (quadratic in the candidates)."""
+    order = stable_argsort(groups)
+    sorted_groups = groups[order]
+    counts = count_values(sorted_groups, num_groups)
+    starts = counts.cumsum(0) - counts
+    position = torch.arange(groups.shape[0], device=groups.device)
+    slot = position - starts[sorted_groups]
+    # (W,) slot numbers 0..W-1, W read from the counts at run time (a top-k of a run-time k: an int
+    # here would bake the traced input's largest group into the graph).
+    width = torch.arange(groups.shape[0] + 1, device=groups.device).topk(counts.max(), largest=False).values
+    grid = counts[:, None] * 0 + width[None, :]  # (G, W), shapes from tensors only
+    flat = sorted_groups * torch._shape_as_tensor(grid)[1] + slot
+    dense_scores = torch.full_like(grid, 0, dtype=scores.dtype).fill_(float("-inf")).reshape(-1)
+    dense_scores = dense_scores.scatter(0, flat, scores[order]).reshape_as(grid)[:, None, :]
+    layout = torch.zeros_like(grid, dtype=boxes.dtype)[..., None].expand(-1, -1, 4)  # (G, W, 4)
+    dense_boxes = layout.reshape(-1, 4).index_put((flat,), boxes[order]).reshape_as(layout)
+    # The operator itself only in ONNX; a TorchScript trace records torchvision's NMS of the same boxes.
+    run = _GroupNms.apply if torch.onnx.is_in_onnx_export() else _group_nms
+    selected = run(dense_boxes, dense_scores, int(max_per_group), float(iou_threshold))
+    return order[starts[selected[:, 0]] + selected[:, 2]]

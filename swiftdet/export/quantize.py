@@ -4,8 +4,9 @@
 file in which the backbone's, FPN's and heads' convolutions and matrix products run in int8
 (``QuantizeLinear`` / ``DequantizeLinear`` pairs around them, int8 weights per output channel,
 standard ONNX domains only), while what decides boxes stays float: the box predictor (class scores
-and box deltas) by default, and everything after it (decoding, NMS, RoIAlign, top-k, the
-keypoint ``Loop``), which holds no convolution or matrix product to quantize. The quantized file
+and box deltas), the RPN's objectness and deltas and the keypoint heatmaps by default, and
+everything after them (decoding, NMS, RoIAlign, top-k, the keypoint ``Loop``, whose body holds no
+convolution or matrix product and is left as exported). The quantized file
 keeps the swiftdet metadata (``quantized: int8`` and the calibration count are added), so
 ``swiftdet predict --backend onnxruntime|openvino --model FILE`` runs it unchanged.
 
@@ -35,10 +36,14 @@ __all__ = ["DEFAULT_CALIB_IMAGES", "DEFAULT_KEEP_FLOAT", "calibration_images",
 #: 32 images: the min/max ranges of a detector's activations stop moving after a few dozen images
 #: (on the demo model 8 and 32 images gave APs within noise, see README), and each costs one fp32 run.
 DEFAULT_CALIB_IMAGES = 32
-#: Node-name parts kept in float: the layers that turn features into class scores and box deltas
-#: (R-CNN's box_predictor; RetinaNet's and FCOS's cls_score / bbox_pred / ctrness convs; SSD's
-#: cls_logits / bbox_reg). A few small layers: their int8 saves little time and they decide the boxes.
-DEFAULT_KEEP_FLOAT = ("box_predictor", "/cls_score/", "/bbox_pred/", "/ctrness/", "/cls_logits", "/bbox_reg")
+#: Node-name parts kept in float: the layers that turn features into scores, box deltas and keypoint
+#: heatmaps (R-CNN's box_predictor, the RPN's objectness_logits / anchor_deltas, the keypoint head's
+#: score_lowres; RetinaNet's and FCOS's cls_score / bbox_pred / ctrness convs; SSD's cls_logits /
+#: bbox_reg). A few small layers: their int8 saves little time, and their outputs are ranked (top-k,
+#: NMS, a heatmap's arg-max): quantized to 256 levels they tie, and runtimes break ties differently
+#: (with an int8 RPN, OpenVINO and onnxruntime kept different proposals of the same file).
+DEFAULT_KEEP_FLOAT = ("box_predictor", "/objectness_logits", "/anchor_deltas", "keypoint_head/score_lowres",
+                      "/cls_score/", "/bbox_pred/", "/ctrness/", "/cls_logits", "/bbox_reg")
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # What the quantizer may touch: the compute-heavy layers. Everything else (Resize, MaxPool, the
 # box arithmetic) stays float, so no QDQ pair is inserted where it buys nothing.

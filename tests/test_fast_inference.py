@@ -131,3 +131,18 @@ def test_topk_shortcut_selects_what_the_threshold_filter_selects():
     # Ties at the k-th value: the shortcut steps aside, still k entries.
     rows, cols = topk_above_threshold(torch.zeros(1, 500), -1.0, 100)
     assert cols.numel() == 100
+
+
+def test_topk_of_a_batch_gives_each_row_what_it_gets_alone():
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(3, 20000, generator=g)
+    values[2, :19000] = -10.0  # a row with few entries above the threshold: the listing path
+    for threshold, k in [(float("-inf"), 1000), (-0.5, 1000), (3.0, 100)]:
+        rows, cols = topk_above_threshold(values, threshold, k)
+        assert torch.equal(rows, rows.sort().values)  # grouped by row
+        for r in range(3):
+            alone_rows, alone_cols = topk_above_threshold(values[r : r + 1], threshold, k)
+            got = cols[rows == r]
+            assert torch.equal(got.sort().values, alone_cols.sort().values)  # the same entries
+            if threshold == float("-inf"):  # every row takes the top-k shortcut: the same order too
+                assert torch.equal(got, alone_cols)

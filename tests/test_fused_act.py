@@ -23,10 +23,10 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
-def assert_close(got: torch.Tensor, expected: torch.Tensor) -> None:
+def assert_close(got: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> None:
     """Equal up to float32 rounding of the accumulation (a ReLU or sum applied twice would differ by O(1))."""
     assert got.shape == expected.shape
-    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max().clamp(min=1.0)
+    assert (got - expected).abs().max() <= rtol * expected.abs().max().clamp(min=1.0)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -129,4 +129,6 @@ def test_fused_detector_features_equal_the_separate_ops(monkeypatch, config):
         assert calls.count("hardswish") > 0 and calls.count("residual") > 0 and calls.count("relu") > levels
     monkeypatch.setattr(layers, "_POINTWISE", None)
     for got, expected in zip(fused, run(), strict=True):
-        assert_close(got, expected)
+        # A whole network: a kernel choice at a few-pixel map (res5, P6) rounds on through the
+        # following layers (seen: 1.0e-5 of the largest value on a CI run).
+        assert_close(got, expected, rtol=1e-4)

@@ -79,8 +79,9 @@ def per_image_nms(
     """
     # An (image, class) pair is one NMS group: images never suppress each other's boxes.
     groups = image_idx * num_labels + labels
-    if torch.jit.is_tracing():
-        # One NMS per group, at most max_per_image kept each (a group's boxes past its own best
+    if torch.onnx.is_in_onnx_export():
+        # ONNX only (a TorchScript trace of this layout replayed another batch wrongly; it keeps
+        # the single NMS below). One NMS per group, at most max_per_image kept each (a group's boxes past its own best
         # max_per_image have that many better ones in their image, so the cap changes nothing).
         keep = _grouped_nms_traced(boxes, scores, groups, num_images * num_labels, iou_threshold, max_per_image)
         keep = keep[scores[keep].argsort(descending=True)]
@@ -100,8 +101,8 @@ class _GroupNms(torch.autograd.Function):
     """ONNX's NonMaxSuppression on groups laid out as its batch: boxes (G, W, 4), scores (G, 1, W)
     with -inf in the unused slots -> (S, 3) int64 rows (group, 0, slot) of the kept boxes, at
     most ``max_per_group`` per group. Exported as that one standard operator, whose runtimes then
-    compare each box only with the kept boxes of its own group; traced for TorchScript, as
-    torchvision's NMS of the same boxes."""
+    compare each box only with the kept boxes of its own group (its forward, what the exporter's
+    trace runs, is torchvision's NMS of the same boxes)."""
 
     @staticmethod
     def forward(ctx, boxes: Tensor, scores: Tensor, max_per_group: int, iou_threshold: float) -> Tensor:
@@ -134,8 +135,8 @@ def _group_nms(boxes: Tensor, scores: Tensor, max_per_group: int, iou_threshold:
 
 def _grouped_nms_traced(boxes: Tensor, scores: Tensor, groups: Tensor, num_groups, iou_threshold: float,
                         max_per_group: int) -> Tensor:
-    """Indices of the boxes NMS keeps within each group (at most ``max_per_group`` each), for a
-    trace: the (P,) candidates are laid out as (num_groups, W) slots, W the largest group, and run
+    """Indices of the boxes NMS keeps within each group (at most ``max_per_group`` each), for an
+    ONNX export: the (P,) candidates are laid out as (num_groups, W) slots, W the largest group, and run
     as one batched NMS (:class:`_GroupNms`) instead of one NMS over offset boxes, whose runtimes
     compare every box with every kept box of the whole batch (quadratic in the candidates)."""
     order = stable_argsort(groups)
@@ -153,7 +154,5 @@ def _grouped_nms_traced(boxes: Tensor, scores: Tensor, groups: Tensor, num_group
     dense_scores = dense_scores.scatter(0, flat, scores[order]).reshape_as(grid)[:, None, :]
     layout = torch.zeros_like(grid, dtype=boxes.dtype)[..., None].expand(-1, -1, 4)  # (G, W, 4)
     dense_boxes = layout.reshape(-1, 4).index_put((flat,), boxes[order]).reshape_as(layout)
-    # The operator itself only in ONNX; a TorchScript trace records torchvision's NMS of the same boxes.
-    run = _GroupNms.apply if torch.onnx.is_in_onnx_export() else _group_nms
-    selected = run(dense_boxes, dense_scores, int(max_per_group), float(iou_threshold))
+    selected = _GroupNms.apply(dense_boxes, dense_scores, int(max_per_group), float(iou_threshold))
     return order[starts[selected[:, 0]] + selected[:, 2]]

@@ -126,8 +126,13 @@ def test_int8_file_has_qdq_convolutions_standard_domains_and_float_box_predictor
 
 def test_predict_backend_onnxruntime_runs_the_int8_file(setup, tmp_path):
     folder, _, _, _, int8 = setup
+    _predict_writes_masks("onnxruntime", int8, folder, tmp_path)
+
+
+def _predict_writes_masks(backend: str, model, folder, tmp_path) -> None:
+    """``swiftdet predict --backend BACKEND`` on the val images writes boxes and masks."""
     out = tmp_path / "pred"
-    assert main(["predict", "--backend", "onnxruntime", "--model", str(int8), "--input",
+    assert main(["predict", "--backend", backend, "--model", str(model), "--input",
                  str(folder / "data" / "val"), "--output", str(out), "--no-draw"]) == 0
     predictions = json.loads((out / "predictions.json").read_text())
     assert len(predictions) > 0 and all(len(p["bbox"]) == 4 and "segmentation" in p for p in predictions)
@@ -165,11 +170,7 @@ def test_int8_detections_stay_close_to_fp32(setup):
 def test_predict_backend_openvino_runs_the_int8_file_as_onnxruntime_does(setup, tmp_path):
     pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install -e \".[export]\"")
     folder, _, _, _, int8 = setup
-    out = tmp_path / "pred"
-    assert main(["predict", "--backend", "openvino", "--model", str(int8), "--input",
-                 str(folder / "data" / "val"), "--output", str(out), "--no-draw"]) == 0
-    predictions = json.loads((out / "predictions.json").read_text())
-    assert len(predictions) > 0 and all(len(p["bbox"]) == 4 and "segmentation" in p for p in predictions)
+    _predict_writes_masks("openvino", int8, folder, tmp_path)
     files = [str(f) for f in sorted((folder / "data" / "val").glob("*.jpg"))]
     ref = load_exported_predictor(int8, "onnxruntime")(files)
     got = load_exported_predictor(int8, "openvino")(files)

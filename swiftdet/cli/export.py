@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "Models without masks ignore it")
     parser.add_argument("--quantize", default=None, choices=("int8",),
                         help="int8: static post-training quantization of the ONNX file (onnxruntime QDQ, int8 weights "
-                             "per channel) of the backbone, FPN and heads; the box predictor and everything after it "
-                             "stay float. Needs --calib")
+                             "per channel) of the backbone, FPN and heads; the layers whose outputs are ranked (box "
+                             "predictor, RPN scores and deltas, keypoint heatmaps) and everything after them stay "
+                             "float. Needs --calib")
     parser.add_argument("--calib", default=None, metavar="DIR_OR_JSON",
                         help="calibration images for --quantize: a folder (searched recursively) or a COCO json, whose "
                              "file names are under the image_root the config pairs with that json (data.train or "

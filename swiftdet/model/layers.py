@@ -392,13 +392,13 @@ def fuse_for_inference(model: nn.Module, channels_last: bool = True, inplace: bo
     unless ``inplace``.
     """
     fused = fuse_conv_bn(model, inplace=inplace)
-    _fuse_relus(fused)
+    _fuse_activations(fused)
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
     return fused
 
 
-def _fuse_relus(model: nn.Module) -> None:
+def _fuse_activations(model: nn.Module) -> None:
     """In every Sequential, a plain Conv2d followed (after a folded norm, if any) by ReLU or ReLU6
     becomes a :class:`ConvAct2d` and the activation an Identity, so that the pair runs as one
     oneDNN call."""

@@ -121,14 +121,16 @@ def test_matches_torchvision(name, tiny_coco):
         # order, so their inputs differ by float rounding, which a box of a few hundred pixels keeps.
         torch.testing.assert_close(r.boxes.tensor, e["boxes"], rtol=2e-7, atol=1e-4)
 
-    # The fast path (fuse_for_inference) folds every FrozenBN of the trunk; folded weights round
-    # differently, hence the looser box tolerance (as tests/test_fast_inference.py).
+    # The fast path (fuse_for_inference) folds every FrozenBN of the trunk and pools by gathering
+    # (its sums run in another order); both round differently, hence the 1e-4 score
+    # tolerance and the looser box one (as tests/test_fast_inference.py).
     fused = fuse_for_inference(ours)
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in fused.backbone.modules())
     for r, e in zip(fused.predict(resized, original_sizes=[tuple(im.shape[-2:]) for im in images]), expected):
         assert len(r) == len(e["boxes"])
-        torch.testing.assert_close(r.scores, e["scores"], rtol=0, atol=1e-5)
-        assert_same_detections_up_to_ties(r.boxes.tensor, r.scores, r.labels, e["boxes"], e["scores"], e["labels"] - 1)
+        torch.testing.assert_close(r.scores, e["scores"], rtol=0, atol=1e-4)
+        assert_same_detections_up_to_ties(r.boxes.tensor, r.scores, r.labels, e["boxes"], e["scores"], e["labels"] - 1,
+                                          score_tol=1e-4)
 
 
 def assert_same_detections_up_to_ties(boxes, scores, labels, exp_boxes, exp_scores, exp_labels, score_tol=1e-5,

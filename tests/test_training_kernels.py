@@ -59,6 +59,25 @@ def test_roi_align_without_gradient_is_torchvisions_own_op():
                            tv_roi_align(feats, rois, (7, 7), 1 / 8, 2, True))
 
 
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio,output_size", [(2, (7, 7)), (0, (7, 7)), (0, (14, 14)), (3, (3, 5))])
+def test_roi_align_inference_gathers_channels_last_features(aligned, sampling_ratio, output_size):
+    """Inference on channels-last features (the fast path) gathers each bin's taps: torchvision's values
+    within float rounding, with channels-last strides; adaptive grids mix several grid sizes here."""
+    torch.manual_seed(0)
+    feats = torch.randn(2, 16, 24, 30)
+    rois = _rois(80, 2, 24 * 8, 30 * 8, seed=3)
+    rois[:3, 3:] = rois[:3, 1:3]  # zero-size boxes: an empty grid when aligned
+    expected = tv_roi_align(feats, rois, output_size, 1 / 8, sampling_ratio, aligned)
+    with torch.no_grad():
+        ours = roi_align(feats.to(memory_format=torch.channels_last), rois, output_size, 1 / 8, sampling_ratio, aligned)
+    assert ours.is_contiguous(memory_format=torch.channels_last) and not ours.is_contiguous()
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6)
+    assert expected.abs().sum() > 0
+    empty = roi_align(feats.to(memory_format=torch.channels_last), rois[:0], output_size, 1 / 8, sampling_ratio, aligned)
+    assert empty.shape == (0, 16) + output_size
+
+
 @pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 2.0), (0.25, 0.0), (0.5, 1.5)])
 def test_focal_loss_per_anchor_matches_torchvision(alpha, gamma):
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ from swiftdet.model.keypoint_head import KeypointHead, heatmaps_to_keypoints, ke
 from swiftdet.model.layers import ConvNormAct
 from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
 from swiftdet.model.nms import per_image_nms
-from swiftdet.model.roi_align import roi_align
+from swiftdet.model.roi_align import _gather_applies, roi_align
 from swiftdet.model.tracing import is_tracing
 from swiftdet.structures import Instances
 
@@ -91,7 +91,9 @@ class MultiScaleRoIPooler(nn.Module):
             )
         levels = levels.clamp(min=self.k_min, max=self.k_max).to(torch.int64) - self.k_min
         c = feats[0].shape[1]
-        out = feats[0].new_zeros((rois.shape[0], c) + self.output_size)
+        # The gathering roi_align gives channels-last rows: keep that layout (the mask head's convs want it).
+        layout = torch.channels_last if _gather_applies(feats[0]) else torch.contiguous_format
+        out = feats[0].new_zeros((rois.shape[0], c) + self.output_size).contiguous(memory_format=layout)
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.nonzero(levels == level).squeeze(1)
             pooled = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio, self.aligned)
@@ -499,9 +501,10 @@ class RoIHeads(nn.Module):
 
     # --------------------------------------------------------------------------------- inference
     def _inference(self, features: dict[str, Tensor], proposals: list[Tensor] | Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
-        # roi_align copies a channels-last input to contiguous on every call; with the box and the
-        # mask pooler reading the same levels, copy once here instead (a no-op for NCHW features).
-        features = {k: v.contiguous() for k, v in features.items()}
+        # torchvision's roi_align copies a channels-last input to contiguous on every call; with the
+        # box and the mask pooler reading the same levels, copy once here instead (a no-op for NCHW
+        # features). Channels-last CPU features that roi_align pools by gathering stay as they are.
+        features = {k: v if _gather_applies(v) else v.contiguous() for k, v in features.items()}
         # A traced RPN gives the batch's (P, 5) rois at once (a list would fix the batch size).
         rois = proposals if isinstance(proposals, Tensor) else boxes_to_rois(proposals)
         probs, boxes = self._predict(features, rois, image_sizes)

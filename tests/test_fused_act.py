@@ -90,6 +90,25 @@ def test_fuse_for_inference_makes_sequential_conv_relu_one_module_with_the_same_
     assert_close(model(x), expected)  # and the original model (no norm statistics to fold here: BN at init)
 
 
+def test_linear_relu_runs_one_onednn_matmul_only_on_the_fused_path(monkeypatch):
+    torch.manual_seed(0)
+    fc = nn.Linear(96, 40).eval()
+    x = torch.randn(30, 96)
+    with torch.no_grad():
+        expected = torch.relu(fc(x))
+        assert torch.equal(layers.linear_relu(fc, x), expected)  # the plain model: torchvision's F.linear
+        fused = layers.linear_relu(fc, x, onednn=True)
+        torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+        assert (fused == 0).any()  # the ReLU is applied
+        calls = []
+        monkeypatch.setattr(layers, "_LINEAR_POINTWISE", lambda *a: calls.append(a) or expected)
+        layers.linear_relu(fc, x, onednn=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layers.linear_relu(fc, x, onednn=True)
+    layers.linear_relu(fc, x, onednn=True)  # grad enabled and the weight requires it
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("config", ["faster_rcnn_R_50_FPN_1x", "faster_rcnn_MV3_FPN_320"])
 @torch.no_grad()
 def test_fused_detector_features_equal_the_separate_ops(monkeypatch, config):

@@ -16,7 +16,7 @@ from torchvision.ops import box_iou
 
 from swiftdet.model.box_coder import BoxCoder, clip_boxes
 from swiftdet.model.keypoint_head import KeypointHead, heatmaps_to_keypoints, keypoint_loss
-from swiftdet.model.layers import ConvNormAct
+from swiftdet.model.layers import ConvNormAct, linear_relu
 from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
 from swiftdet.model.nms import per_image_nms
 from swiftdet.model.roi_align import _gather_applies, roi_align
@@ -131,9 +131,12 @@ class BoxHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(R, C, S, S) -> (R, out_dim)."""
-        x = self.convs(x).flatten(1)
+        x = self.convs(x)
+        # Channels-last pooled features are the fused model's inference path (see linear_relu).
+        onednn = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        x = x.flatten(1)
         for fc in self.fcs:
-            x = F.relu(fc(x))
+            x = linear_relu(fc, x, onednn)
         return x
 
 

@@ -104,6 +104,20 @@ def test_crop_and_resize_polygon_and_bitmask_agree():
     assert abs(poly.crop_and_resize(wide, 16).mean().item() - 24 / 192) < 0.03
 
 
+def test_crop_and_resize_with_indices_equals_cropping_the_indexed_masks():
+    """The mask loss crops one ground-truth mask in many proposals: ``indices`` gives each box its
+    instance, with the values of indexing first (and one float copy per used instance)."""
+    poly = _square_polygons()
+    bits = poly.to_bitmasks(12, 16)
+    boxes = torch.tensor([[2.0, 2.0, 8.0, 6.0], [0.0, 1.0, 14.0, 10.0], [1.0, 1.0, 9.0, 7.0], [3.0, 0.0, 12.0, 11.0]])
+    indices = torch.tensor([1, 1, 0, 1])
+    for masks in (bits, poly):
+        ours = masks.crop_and_resize(boxes, 8, indices=indices)
+        assert torch.equal(ours, masks[indices].crop_and_resize(boxes, 8))
+        assert not torch.equal(ours[1], masks[torch.tensor([0])].crop_and_resize(boxes[1:2], 8)[0])  # instance 1, not 0
+    assert bits.crop_and_resize(boxes[:0], 8, indices=indices[:0]).shape == (0, 8, 8)
+
+
 def test_rle_and_polygon_rasterisers():
     m = np.zeros((5, 7), dtype=np.uint8, order="F")
     m[1:3, 2:6] = 1

@@ -91,8 +91,11 @@ class MultiScaleRoIPooler(nn.Module):
             )
         levels = levels.clamp(min=self.k_min, max=self.k_max).to(torch.int64) - self.k_min
         c = feats[0].shape[1]
-        # The gathering roi_align gives channels-last rows: keep that layout (the mask head's convs want it).
-        layout = torch.channels_last if _gather_applies(feats[0]) else torch.contiguous_format
+        # In inference the gathering roi_align's channels-last rows keep their layout (the mask head's
+        # convs want it); in training the rows are put in NCHW order, so that the box head's flatten
+        # is a view, not a second copy of every pooled feature kept for the backward.
+        inference = not (torch.is_grad_enabled() and feats[0].requires_grad)
+        layout = torch.channels_last if inference and _gather_applies(feats[0]) else torch.contiguous_format
         out = feats[0].new_zeros((rois.shape[0], c) + self.output_size).contiguous(memory_format=layout)
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.nonzero(levels == level).squeeze(1)
@@ -497,7 +500,7 @@ class RoIHeads(nn.Module):
                 continue
             if masks is None:
                 raise ValueError("Mask R-CNN training needs Instances.masks in every target")
-            gt.append(masks[m.cpu()].crop_and_resize(boxes.detach(), size))
+            gt.append(masks.crop_and_resize(boxes.detach(), size, indices=m))
         gt = torch.cat(gt).to(logits.dtype)
         selected = logits[torch.arange(labels_all.numel(), device=logits.device), labels_all]
         return F.binary_cross_entropy_with_logits(selected, gt)

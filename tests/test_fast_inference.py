@@ -146,3 +146,23 @@ def test_topk_of_a_batch_gives_each_row_what_it_gets_alone():
             assert torch.equal(got.sort().values, alone_cols.sort().values)  # the same entries
             if threshold == float("-inf"):  # every row takes the top-k shortcut: the same order too
                 assert torch.equal(got, alone_cols)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mask_head_computes_only_the_detected_slot(channels_last):
+    """Inference asks the mask head for one class per detection: the same logits as slicing every
+    class's, up to the summation order of the 1x1 predictor."""
+    from swiftdet.model.roi_heads import MaskHead
+
+    torch.manual_seed(0)
+    head = MaskHead(16, 2, 16, num_classes=7).eval()
+    x = torch.randn(5, 16, 7, 7)
+    if channels_last:
+        head, x = head.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    slots = torch.tensor([3, 1, 7, 3, 0])
+    with torch.no_grad():
+        every = head(x)
+        ours = head(x, slots)
+    assert every.shape == (5, 8, 14, 14) and ours.shape == (5, 14, 14)
+    torch.testing.assert_close(ours, every[torch.arange(5), slots], rtol=1e-5, atol=1e-5)
+    assert head(x[:0], slots[:0]).shape == (0, 14, 14)

@@ -48,17 +48,19 @@ def roi_align(input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial
 
 
 def _gather_applies(input: Tensor) -> bool:
-    """Whether inference pools ``input`` by gathering: float32 channels-last (not also NCHW-contiguous)
-    features, eager (an exported or compiled graph keeps torchvision's RoiAlign op)."""
-    return (input.dtype == torch.float32 and input.dim() == 4 and not input.is_contiguous()
+    """Whether inference pools ``input`` by gathering: float32 or bfloat16 (``--precision bf16``)
+    channels-last (not also NCHW-contiguous) features, eager (an exported or compiled graph keeps
+    torchvision's RoiAlign op, which autocast would run in float32 on an NCHW copy of each level)."""
+    return (input.dtype in (torch.float32, torch.bfloat16) and input.dim() == 4 and not input.is_contiguous()
             and input.is_contiguous(memory_format=torch.channels_last)
             and not is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
 
 
 def _gather_roi_align(input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
                       sampling_ratio: int, aligned: bool) -> Tensor:
-    """RoIAlign of float32 (B, C, H, W) ``input`` as one weighted ``embedding_bag`` of its pixel rows
-    per grid size -> (R, C, PH, PW) with channels-last strides; differentiable in ``input``."""
+    """RoIAlign of float32 or bfloat16 (B, C, H, W) ``input`` as one weighted ``embedding_bag`` of its
+    pixel rows per grid size -> (R, C, PH, PW) with channels-last strides; differentiable in ``input``.
+    bfloat16 features take bfloat16 tap weights (the op wants one dtype; it sums in float32)."""
     b, c, h, w = input.shape
     ph, pw = output_size
     num = rois.shape[0]
@@ -83,7 +85,7 @@ def _gather_roi_align(input: Tensor, rois: Tensor, output_size: tuple[int, int],
         weights = wy.reshape(n, ph, 1, -1, 1) * wx.reshape(n, 1, pw, 1, -1) / float(max(gh * gw, 1))
         pixels = (part(batch).view(n, 1, 1, 1, 1) * h + rows.reshape(n, ph, 1, -1, 1)) * w + cols.reshape(n, 1, pw, 1, -1)
         bags = weights.shape[-2] * weights.shape[-1]
-        pooled = F.embedding_bag(pixels.reshape(-1, bags), table, per_sample_weights=weights.reshape(-1, bags),
+        pooled = F.embedding_bag(pixels.reshape(-1, bags), table, per_sample_weights=weights.reshape(-1, bags).to(table.dtype),
                                  mode="sum").view(n, ph, pw, c)
         if idx is None:
             out = pooled

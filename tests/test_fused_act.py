@@ -57,8 +57,8 @@ def test_separate_ops_where_the_fused_call_does_not_apply():
     assert not layers._runs_in_onednn(conv, None, x)  # grad enabled and the weight requires it: training
     with torch.no_grad():
         assert layers._runs_in_onednn(conv, None, x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not layers._runs_in_onednn(conv, None, x)
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert not layers._runs_in_onednn(conv, None, x)  # only the bfloat16 autocast of --precision bf16
     # A trace (what ONNX export records) keeps standard operators.
     block = ConvNormAct(8, 8, 3).eval().to(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -90,6 +90,27 @@ def test_fuse_for_inference_makes_sequential_conv_relu_one_module_with_the_same_
     assert_close(model(x), expected)  # and the original model (no norm statistics to fold here: BN at init)
 
 
+@torch.no_grad()
+def test_fused_call_under_bf16_autocast_runs_in_bfloat16_as_autocast_would():
+    """``--precision bf16``: the conv, its residual sum and ReLU as one bfloat16 oneDNN call, equal to
+    autocast's separate ops up to bfloat16 rounding (theirs rounds after the conv and after the sum)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1).eval().to(memory_format=torch.channels_last)
+    x = _channels_last(torch.randn(1, 16, 20, 24))
+    residual = _channels_last(torch.randn(1, 16, 20, 24)).bfloat16()  # a block's input: an earlier conv's bf16 output
+    linear = nn.Linear(16, 8).eval()
+    rows = torch.randn(6, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layers._runs_in_onednn(conv, None, x)
+        fused = conv_norm_act(conv, None, x, "relu", residual)
+        separate = torch.relu(conv(x) + residual)
+        fused_fc, separate_fc = layers.linear_relu(linear, rows, onednn=True), torch.relu(linear(rows))
+    assert fused.dtype == separate.dtype == fused_fc.dtype == separate_fc.dtype == torch.bfloat16
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fused.float(), separate.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fused_fc.float(), separate_fc.float(), rtol=2e-2, atol=2e-2)
+
+
 def test_linear_relu_runs_one_onednn_matmul_only_on_the_fused_path(monkeypatch):
     torch.manual_seed(0)
     fc = nn.Linear(96, 40).eval()
@@ -103,7 +124,7 @@ def test_linear_relu_runs_one_onednn_matmul_only_on_the_fused_path(monkeypatch):
         calls = []
         monkeypatch.setattr(layers, "_LINEAR_POINTWISE", lambda *a: calls.append(a) or expected)
         layers.linear_relu(fc, x, onednn=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.float16):
             layers.linear_relu(fc, x, onednn=True)
     layers.linear_relu(fc, x, onednn=True)  # grad enabled and the weight requires it
     assert len(calls) == 1

@@ -76,25 +76,42 @@ def _is_exporting() -> bool:
 
 
 def _runs_in_onednn(conv: nn.Module, norm: nn.Module | None, x: Tensor) -> bool:
-    """Whether ``relu(conv(x) [+ residual])`` may run as one oneDNN call: eager CPU float32
-    inference of a plain Conv2d whose norm is folded away (or absent), on channels-last input.
+    """Whether ``relu(conv(x) [+ residual])`` may run as one oneDNN call: eager CPU inference in
+    float32 or under bfloat16 autocast (operands cast to bfloat16, as autocast would; the epilogue
+    then rounds once, where separate ops round after the conv and after the sum) of a plain Conv2d
+    whose norm is folded away (or absent), on channels-last input.
     Channels-last CPU convolutions run in oneDNN anyway and the epilogue is applied to the same
     accumulators: outputs equal the separate ops' bit for bit at detection feature sizes, and within
     float rounding on maps of a few pixels, where oneDNN may pick another kernel for the fused call
     (tests/test_fused_act.py). NCHW inputs may take PyTorch's other kernels, traces and exports need
-    standard ops, and autocast and torch.compile choose their own kernels: those keep the separate ops."""
+    standard ops, and torch.compile chooses its own kernels: those keep the separate ops."""
     return (_POINTWISE is not None and (norm is None or type(norm) is FoldedNorm) and type(conv) in _ONEDNN_CONVS
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str) and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last) and _eager_cpu_inference(conv, x))
 
 
 def _eager_cpu_inference(module: nn.Module, x: Tensor) -> bool:
-    """Eager float32 CPU inference of ``module`` on ``x``: no gradient, autocast, trace, script,
-    export or compile, which need the standard ops (or choose their own kernels)."""
-    return (not module.training and x.device.type == "cpu" and x.dtype == torch.float32
+    """Eager CPU inference of ``module`` on ``x`` in float32, or under bfloat16 autocast
+    (``--precision bf16``): no gradient, trace, script, export or compile, which need the standard
+    ops (or choose their own kernels)."""
+    return (not module.training and x.device.type == "cpu" and _onednn_dtype(x) is not None
             and not (torch.is_grad_enabled() and (x.requires_grad or module.weight.requires_grad))
-            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_scripting() and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling() and not _is_exporting())
+
+
+def _onednn_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype a fused oneDNN call on ``x`` runs in: float32, or bfloat16 under CPU bfloat16
+    autocast (the dtype autocast gives convolutions and matrix products); None for anything else."""
+    if not torch.is_autocast_enabled("cpu"):
+        return torch.float32 if x.dtype == torch.float32 else None
+    autocast_dtype = torch.get_autocast_dtype("cpu") if hasattr(torch, "get_autocast_dtype") else torch.get_autocast_cpu_dtype()
+    return torch.bfloat16 if autocast_dtype == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16) else None
+
+
+def _in_dtype(dtype: torch.dtype | None, *tensors: Tensor | None) -> list[Tensor | None]:
+    """``tensors`` (None stays None) in ``dtype``: a fused call's operands, cast as autocast would."""
+    return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
 
 
 def linear_relu(linear: nn.Linear, x: Tensor, onednn: bool = False) -> Tensor:
@@ -104,7 +121,7 @@ def linear_relu(linear: nn.Linear, x: Tensor, onednn: bool = False) -> Tensor:
     1000x12544 @ 12544x1024 product at ~200 GFLOP/s, where the BLAS ``addmm`` reaches ~160 (another
     summation order: float rounding). The plain model keeps ``F.linear``, as torchvision."""
     if onednn and _LINEAR_POINTWISE is not None and x.dim() == 2 and _eager_cpu_inference(linear, x):
-        return _LINEAR_POINTWISE(x, linear.weight, linear.bias, "relu", [], "")
+        return _LINEAR_POINTWISE(*_in_dtype(_onednn_dtype(x), x, linear.weight, linear.bias), "relu", [], "")
     return F.relu(linear(x))
 
 
@@ -126,7 +143,8 @@ def conv_norm_act(conv: nn.Module, norm: nn.Module | None, x: Tensor, activation
     ResNet-50 at 800x1216 those passes are the backbone's largest non-convolution cost)."""
     eager, name, scalars = _ACTIVATIONS[activation]
     if _runs_in_onednn(conv, norm, x):
-        args = (conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        x, weight, bias, residual = _in_dtype(_onednn_dtype(x), x, conv.weight, conv.bias, residual)
+        args = (weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         if residual is None:
             return _POINTWISE(x, *args, name, scalars, "")
         return _POINTWISE.binary(x, residual, *args, "add", None, None if name == "none" else name, scalars, "")

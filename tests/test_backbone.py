@@ -193,3 +193,27 @@ def test_matcher_and_sampler_match_torchvision():
         assert torch.equal(a, b.bool())
     assert int(pos[0].sum()) == 16 and int(neg[0].sum()) == 48
     assert int(pos[1].sum()) == 3 and int(neg[1].sum()) == 10
+
+
+@pytest.mark.parametrize("top_block", ["maxpool", "p6p7_c5"])
+def test_fpn_consume_releases_each_input_after_its_lateral(top_block):
+    """A caller that hands over its dict (consume=True) gets the same pyramid, its dict emptied of the
+    levels, and the finest level freed before P2's output conv runs (inference: nothing else holds it)."""
+    import weakref
+
+    torch.manual_seed(0)
+    fpn = FPN([8, 16, 32], 8, top_block=top_block, in_features=("res3", "res4", "res5"), in_strides=(8, 16, 32)).eval()
+    shapes = {"res3": (1, 8, 16, 16), "res4": (1, 16, 8, 8), "res5": (1, 32, 4, 4)}
+    inputs = {k: torch.randn(s) for k, s in shapes.items()}
+    with torch.no_grad():
+        expected = fpn({k: v.clone() for k, v in inputs.items()})
+        finest = weakref.ref(inputs["res3"])
+        alive_at_p3 = []
+        hook = fpn.output_convs[0].register_forward_pre_hook(lambda m, x: alive_at_p3.append(finest() is not None))
+        handed_over = dict(inputs, other=torch.zeros(1))
+        del inputs
+        got = fpn(handed_over, consume=True)
+        hook.remove()
+    assert list(handed_over) == ["other"]
+    assert alive_at_p3 == [False]
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)

@@ -139,7 +139,7 @@ class FCOS(Detector):
     def _head_outputs(self, images: Tensor):
         """Per level (B, N_l, K) logits, (B, N_l, 4) distances, (B, N_l, 1) centre-ness, the (N, 4)
         points of all levels, and the number of points per level."""
-        pyramid = self.fpn(self.backbone(images))
+        pyramid = self.fpn(self.backbone(images), consume=True)
         features = [pyramid[f] for f in self.in_features]
         logits, distances, ctrness = self.head(features)
         points = self.point_generator(images, float32_shapes(features))

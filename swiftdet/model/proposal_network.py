@@ -48,7 +48,7 @@ class ProposalNetwork(Detector):
 
     def core(self, images: Tensor, image_sizes: Tensor) -> dict[str, Tensor]:
         """(B, 3, H, W) batch -> boxes (N, 4), scores (N,) objectness, labels (N,) zeros, num_detections (B,)."""
-        features = self.fpn(self.backbone(images))
+        features = self.fpn(self.backbone(images), consume=True)
         (proposals, scores), _ = self.rpn(images, image_sizes, features, with_scores=True)
         if isinstance(proposals, Tensor):  # traced: (P, 5) rois grouped by image
             image_index = proposals[:, 0].to(torch.int64)
@@ -62,7 +62,7 @@ class ProposalNetwork(Detector):
 
     def losses(self, images: ImageList, targets: list[Instances]) -> dict[str, Tensor]:
         sizes = torch.tensor(images.image_sizes, dtype=torch.int64, device=images.tensor.device).reshape(-1, 2)
-        features = self.fpn(self.backbone(images.tensor))
+        features = self.fpn(self.backbone(images.tensor), consume=True)
         _, losses = self.rpn(images.tensor, sizes, features, targets)
         return losses
 

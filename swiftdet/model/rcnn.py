@@ -61,7 +61,7 @@ class GeneralizedRCNN(Detector):
     def extract_features(self, images: Tensor) -> dict[str, Tensor]:
         features = self.backbone(images)
         if self.fpn is not None:
-            features = self.fpn(features)
+            features = self.fpn(features, consume=True)
         return features
 
     @property

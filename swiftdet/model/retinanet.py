@@ -138,7 +138,7 @@ class RetinaNet(Detector):
 
     def _head_outputs(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
         """Per level (B, N_l, K) logits and (B, N_l, 4) deltas, and the (N, 4) anchors of all levels."""
-        pyramid = self.fpn(self.backbone(images))
+        pyramid = self.fpn(self.backbone(images), consume=True)
         features = [pyramid[f] for f in self.in_features]
         logits, deltas = self.head(features)
         return logits, deltas, self.anchor_generator(images, float32_shapes(features))

@@ -116,10 +116,10 @@ def _in_dtype(dtype: torch.dtype | None, *tensors: Tensor | None) -> list[Tensor
 
 def linear_relu(linear: nn.Linear, x: Tensor, onednn: bool = False) -> Tensor:
     """``relu(linear(x))`` for (N, in) ``x``. With ``onednn`` (the caller's input came through the
-    fused model's channels-last path) and in eager CPU float32 inference, as one oneDNN matmul
-    with the ReLU as its epilogue: on the 2-core AVX-512 test CPU it runs the box head's
-    1000x12544 @ 12544x1024 product at ~200 GFLOP/s, where the BLAS ``addmm`` reaches ~160 (another
-    summation order: float rounding). The plain model keeps ``F.linear``, as torchvision."""
+    fused model's channels-last path) and in eager CPU inference (float32, or bfloat16 autocast),
+    as one oneDNN matmul with the ReLU as its epilogue, which ran the box head's 1000x12544 @
+    12544x1024 product faster than the BLAS ``addmm`` on the AVX-512 test CPU (another summation
+    order: float rounding). The plain model keeps ``F.linear``, as torchvision."""
     if onednn and _LINEAR_POINTWISE is not None and x.dim() == 2 and _eager_cpu_inference(linear, x):
         return _LINEAR_POINTWISE(*_in_dtype(_onednn_dtype(x), x, linear.weight, linear.bias), "relu", [], "")
     return F.relu(linear(x))

@@ -5,10 +5,8 @@ torchvision's CPU kernel walks the RoIs one by one on one thread, a channel stri
 its backward scatters into an NCHW gradient the same way. The gather sums contiguous C-vectors on
 every thread and its gradient is ``embedding_bag``'s own (pixel rows accumulated per tap); it reads
 channels-last features as they are, with no NCHW copy of the levels. ``benchmarks/training_kernels.py``
-gives forward + backward of 1024 RoIs against torchvision's op; on the fast inference path 1000 RoIs
-pooled to 7x7 from R50-FPN levels of an 800x1216 image took 34 ms instead of torchvision's 448 (quiet
-2-core AVX-512 CPU, a scratch measurement; ``benchmarks/fused_epilogues.py`` gives the whole-model
-effect).
+times forward + backward of 1024 RoIs against torchvision's op, and ``benchmarks/fused_epilogues.py``
+the whole fast inference path.
 
 The sampling rule is torchvision's kernel, point for point: bin grid ``sampling_ratio`` (or
 ``ceil(roi size / output size)`` when it is <= 0), points outside ``[-1, size]`` contribute nothing,
@@ -63,34 +61,31 @@ def _gather_roi_align(input: Tensor, rois: Tensor, output_size: tuple[int, int],
     bfloat16 features take bfloat16 tap weights (the op wants one dtype; it sums in float32)."""
     b, c, h, w = input.shape
     ph, pw = output_size
-    num = rois.shape[0]
     table = input.permute(0, 2, 3, 1).reshape(-1, c)  # (B*H*W, C): a view of channels-last features, a copy of NCHW
     x0, y0, bin_h, bin_w, grid_h, grid_w = _sampling_geometry(rois, output_size, spatial_scale, sampling_ratio, aligned)
     batch = rois[:, 0].to(torch.int64)
-    if sampling_ratio > 0:
-        groups = [(None, sampling_ratio, sampling_ratio)]
-    else:  # adaptive grids: one exact-size call per (grid_h, grid_w), so no bag carries padding
-        out = input.new_empty((num, ph, pw, c))
-        key = grid_h * (int(grid_w.max()) + 1) + grid_w
-        groups = []
-        for k in torch.unique(key).tolist():
-            idx = torch.nonzero(key == k).squeeze(1)
-            groups.append((idx, int(grid_h[idx[0]]), int(grid_w[idx[0]])))
-    for idx, gh, gw in groups:
-        part = (lambda t: t) if idx is None else (lambda t: t[idx])
-        rows, wy = _axis_weights(part(y0), part(bin_h), part(grid_h), max(gh, 1), ph, h)  # (n, PH, Gh, 2)
-        cols, wx = _axis_weights(part(x0), part(bin_w), part(grid_w), max(gw, 1), pw, w)  # (n, PW, Gw, 2)
+
+    def bins(sel: Tensor | slice, gh: int, gw: int) -> Tensor:
+        """(n, PH, PW, C) pooled rows of the rois ``sel``, whose grids are all gh x gw."""
+        rows, wy = _axis_weights(y0[sel], bin_h[sel], grid_h[sel], max(gh, 1), ph, h)  # (n, PH, Gh, 2)
+        cols, wx = _axis_weights(x0[sel], bin_w[sel], grid_w[sel], max(gw, 1), pw, w)  # (n, PW, Gw, 2)
         n = rows.shape[0]
         # Each (roi, bin row, bin col) bag holds its Gh*2 x Gw*2 taps.
         weights = wy.reshape(n, ph, 1, -1, 1) * wx.reshape(n, 1, pw, 1, -1) / float(max(gh * gw, 1))
-        pixels = (part(batch).view(n, 1, 1, 1, 1) * h + rows.reshape(n, ph, 1, -1, 1)) * w + cols.reshape(n, 1, pw, 1, -1)
-        bags = weights.shape[-2] * weights.shape[-1]
-        pooled = F.embedding_bag(pixels.reshape(-1, bags), table, per_sample_weights=weights.reshape(-1, bags).to(table.dtype),
-                                 mode="sum").view(n, ph, pw, c)
-        if idx is None:
-            out = pooled
-        else:
-            out.index_copy_(0, idx, pooled)
+        pixels = (batch[sel].view(n, 1, 1, 1, 1) * h + rows.reshape(n, ph, 1, -1, 1)) * w + cols.reshape(n, 1, pw, 1, -1)
+        taps = weights.shape[-2] * weights.shape[-1]
+        return F.embedding_bag(pixels.reshape(-1, taps), table, per_sample_weights=weights.reshape(-1, taps).to(table.dtype),
+                               mode="sum").view(n, ph, pw, c)
+
+    if sampling_ratio > 0:
+        out = bins(slice(None), sampling_ratio, sampling_ratio)
+    else:  # adaptive grids: one exact-size call per (grid_h, grid_w), so no bag carries padding
+        out = input.new_empty((rois.shape[0], ph, pw, c))
+        stride = int(grid_w.max()) + 1
+        key = grid_h * stride + grid_w
+        for k in torch.unique(key).tolist():
+            idx = torch.nonzero(key == k).squeeze(1)
+            out.index_copy_(0, idx, bins(idx, k // stride, k % stride))
     return out.permute(0, 3, 1, 2)
 
 

@@ -302,8 +302,8 @@ class MaskHead(nn.Module):
 
     def forward(self, x: Tensor, slots: Tensor | None = None) -> Tensor:
         """(R, C, S, S) -> (R, num_classes + 1, 2S, 2S) logits; with (R,) int64 ``slots``, only each
-        RoI's slot: (R, 2S, 2S). Inference needs one class per detection, and the 1x1 predictor over
-        every class was ~1% of a Mask R-CNN image (91 classes, 100 detections)."""
+        RoI's slot: (R, 2S, 2S). Inference needs one class per detection; the 1x1 predictor over every
+        class (91 for COCO) would compute them all for each of the 100 detections."""
         features = F.relu(self.deconv(self.convs(x)))
         if slots is None:
             return self.predictor(features)

@@ -216,9 +216,8 @@ class BitMasks:
         ``boxes[i]`` (bilinear, RoIAlign).
 
         With ``indices`` each mask that is used is converted to float once, however many boxes crop
-        it: the mask loss crops one ground-truth mask in each of its ~100 positive proposals, and a
-        float copy per proposal (4 bytes per image pixel each) was most of a Mask R-CNN training
-        step's memory."""
+        it: the mask loss crops one ground-truth mask in each of its positive proposals, where a copy
+        per proposal would cost 4 bytes per image pixel each."""
         if indices is None:
             assert len(boxes) == len(self), (len(boxes), len(self))
             indices = torch.arange(len(boxes), device=self.tensor.device)

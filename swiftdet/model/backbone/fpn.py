@@ -112,10 +112,8 @@ class FPN(nn.Module):
         xs[-1] = None
         results = [self.output_convs[-1](last_inner)]
         for i in range(len(xs) - 2, -1, -1):
-            lateral = self.lateral_convs[i](xs[i])
+            last_inner = _add_upsampled(self.lateral_convs[i](xs[i]), last_inner)
             xs[i] = None
-            last_inner = _add_upsampled(lateral, last_inner)
-            del lateral
             results.insert(0, self.output_convs[i](last_inner))
         del last_inner
         if self.top_block_name == "maxpool":

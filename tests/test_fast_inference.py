@@ -17,7 +17,7 @@ from swiftdet.errors import InputError
 from swiftdet.model.build import build_model
 from swiftdet.model.dense_head import topk_above_threshold
 from swiftdet.model.layers import FoldedNorm, fuse_conv_bn, fuse_for_inference, is_fused
-from swiftdet.model.nms import class_wise_nms
+from swiftdet.model.nms import best_class_wise_nms, class_wise_nms, per_image_nms
 
 CASES = {
     # config, head section of the score threshold / detections per image
@@ -117,6 +117,44 @@ def test_class_wise_nms_equals_torchvision(n, classes):
     scores = (torch.rand(n, generator=g) * 50).round() / 50  # many exact ties
     idxs = torch.randint(0, classes, (n,), generator=g)
     assert torch.equal(class_wise_nms(boxes, scores, idxs, 0.5), batched_nms(boxes, scores, idxs, 0.5))
+
+
+def _candidates(n: int, classes: int, images: int, spread: float, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * spread
+    boxes = torch.cat([xy, xy + 40 + torch.rand(n, 2, generator=g) * 10], dim=1)
+    scores = (torch.rand(n, generator=g) * 200).round() / 200  # exact ties, also across the budget's edge
+    return boxes, scores, torch.randint(0, classes, (n,), generator=g), torch.randint(0, images, (n,), generator=g)
+
+
+# Spread 3000 with 20 classes: little suppression, the first budget settles. Spread 100 with 4 classes:
+# ~200 of 30000 boxes survive, so for 400 kept per image the budget doubles until it takes them all.
+@pytest.mark.parametrize("spread,classes", [(3000.0, 20), (100.0, 4)])
+@pytest.mark.parametrize("images", [1, 3])
+def test_best_class_wise_nms_gives_each_image_the_full_nms_first_kept_boxes(spread, classes, images):
+    boxes, scores, labels, image_idx = _candidates(30000, classes, images, spread, seed=images)
+    groups = image_idx * classes + labels
+    full = class_wise_nms(boxes, scores, groups, 0.5)
+    for max_kept in (10, 100, 400):
+        best = best_class_wise_nms(boxes, scores, groups, 0.5, max_kept, image_idx, images)
+        for i in range(images):
+            want, got = full[image_idx[full] == i][:max_kept], best[image_idx[best] == i][:max_kept]
+            # The same scores in the same order, and the same boxes but among the ties the cap cuts.
+            assert torch.equal(scores[got], scores[want])
+            last = scores[want[-1]]
+            assert torch.equal(got[scores[got] > last].sort().values, want[scores[want] > last].sort().values)
+
+
+def test_per_image_nms_keeps_what_a_full_nms_then_cap_keeps():
+    boxes, scores, labels, image_idx = _candidates(20000, 30, 2, 300.0, seed=7)
+    groups = image_idx * 30 + labels
+    full = class_wise_nms(boxes, scores, groups, 0.5)
+    full = full[image_idx[full].argsort(stable=True)]
+    keep, counts = per_image_nms(boxes, scores, labels, image_idx, 2, 30, 0.5, 100)
+    assert counts.tolist() == [100, 100]
+    for i in range(2):
+        want, got = full[image_idx[full] == i][:100], keep[image_idx[keep] == i]
+        assert torch.equal(scores[got], scores[want])
 
 
 def test_topk_shortcut_selects_what_the_threshold_filter_selects():

@@ -8,6 +8,11 @@ boxes in their original order) and NMS runs on each contiguous class slice. NMS 
 boxes, in the order, torchvision's loop gives it, so the kept indices and their order are identical.
 Below that size torchvision offsets the boxes per class and runs one NMS; that path is already one
 pass, and is used as is.
+
+Detectors keep only each image's best few hundred boxes after NMS, and a box's fate depends only on
+the better-scoring boxes of its class. So :func:`best_class_wise_nms` runs NMS on each image's
+best-scoring candidates first and widens the set only when it did not yet keep enough: exactly the
+first kept boxes of the full NMS, without its quadratic cost over the many low scores behind them.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from torchvision.ops import batched_nms, nms
 
 from swiftdet.model.tracing import count_values, is_tracing
 
-__all__ = ["class_wise_nms", "per_image_nms", "stable_argsort"]
+__all__ = ["best_class_wise_nms", "class_wise_nms", "per_image_nms", "stable_argsort"]
 
 # torchvision's batched_nms switches from its one-call coordinate trick to a per-class loop above
 # this many box coordinates (boxes.numel()), per device type.
@@ -47,6 +52,58 @@ def class_wise_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: f
     # Kept indices in increasing index order, then sorted by score: the order torchvision returns.
     keep = torch.cat(kept).sort().values
     return keep[scores[keep].sort(descending=True)[1]]
+
+
+def best_class_wise_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor,
+    iou_threshold: float,
+    max_kept: int,
+    image_idx: Tensor | None = None,
+    num_images: int = 1,
+) -> Tensor:
+    """The start of :func:`class_wise_nms`'s result that each image's best ``max_kept`` kept boxes need.
+
+    NMS runs on each image's ``4 * max_kept`` best-scoring candidates, doubled until every image
+    either keeps ``max_kept`` boxes scoring above its last chosen candidate or had all its
+    candidates chosen. A box is kept or suppressed by the better-scoring boxes of its group only
+    (ties: the lower index first; torchvision's NMS sorts stably, and the chosen candidates keep
+    their index order), all of which are chosen with it, so those boxes get the full NMS's verdict.
+
+    Args:
+        boxes, scores, idxs, iou_threshold: as :func:`class_wise_nms`; ``idxs`` groups never span images.
+        max_kept: how many kept boxes per image the caller uses (its cap after NMS).
+        image_idx: (N,) int64 image of each box (None: one image); num_images: the batch size.
+    Returns:
+        (K,) int64 indices sorted by decreasing score: every kept box above each image's
+        ``max_kept``-th kept score, possibly followed by further kept boxes (callers cap them).
+    """
+    n = scores.shape[0]
+    if is_tracing() or n <= 4 * max_kept:
+        return class_wise_nms(boxes, scores, idxs, iou_threshold)
+    if image_idx is None:
+        image_idx = torch.zeros(n, dtype=torch.int64, device=scores.device)
+    counts = count_values(image_idx, num_images)
+    # Each candidate's rank by decreasing score within its image (ties: lower index first).
+    order = scores.argsort(descending=True, stable=True)
+    order = order[image_idx[order].argsort(stable=True)]
+    starts = counts.cumsum(0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n, device=order.device) - starts[image_idx[order]]
+    budget = 4 * max_kept
+    while budget < int(counts.max()):
+        chosen = torch.nonzero(rank < budget).squeeze(1)  # in index order, as class_wise_nms takes them
+        keep = chosen[class_wise_nms(boxes[chosen], scores[chosen], idxs[chosen], iou_threshold)]
+        partial = counts > budget
+        boundary = torch.full((num_images,), float("-inf"), dtype=scores.dtype, device=scores.device)
+        boundary[partial] = scores[order[starts[partial] + budget - 1]]
+        kept_images = image_idx[keep]
+        settled = count_values(kept_images[scores[keep] > boundary[kept_images]], num_images)
+        if bool(((settled >= max_kept) | ~partial).all()):
+            return keep
+        budget *= 2
+    return class_wise_nms(boxes, scores, idxs, iou_threshold)
 
 
 def stable_argsort(keys: Tensor) -> Tensor:
@@ -86,7 +143,7 @@ def per_image_nms(
         keep = _grouped_nms_traced(boxes, scores, groups, num_images * num_labels, iou_threshold, max_per_image)
         keep = keep[scores[keep].argsort(descending=True)]
     else:
-        keep = class_wise_nms(boxes, scores, groups, iou_threshold)
+        keep = best_class_wise_nms(boxes, scores, groups, iou_threshold, max_per_image, image_idx, num_images)
     # keep is sorted by decreasing score; a stable sort by image keeps that order within each image.
     keep = keep[stable_argsort(image_idx[keep])]
     kept_images = image_idx[keep]

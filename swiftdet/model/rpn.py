@@ -22,7 +22,7 @@ from swiftdet.model.anchors import AnchorGenerator
 from swiftdet.model.box_coder import BoxCoder, clip_boxes
 from swiftdet.model.layers import ConvNormAct
 from swiftdet.model.matcher import BalancedPositiveNegativeSampler, Matcher
-from swiftdet.model.nms import class_wise_nms, per_image_nms
+from swiftdet.model.nms import best_class_wise_nms, per_image_nms
 from swiftdet.model.tracing import is_tracing, traced_min
 from swiftdet.structures import Instances
 
@@ -168,7 +168,7 @@ class RPN(nn.Module):
         for boxes, s, keep in zip(proposals, scores, keep_all):
             keep = torch.nonzero(keep).squeeze(1)
             boxes, s, lvl = boxes[keep], s[keep], levels[keep]
-            keep = class_wise_nms(boxes, s, lvl, self.nms_thresh)[:post_nms]
+            keep = best_class_wise_nms(boxes, s, lvl, self.nms_thresh, post_nms)[:post_nms]
             out.append(boxes[keep])
             out_scores.append(s[keep])
         return out, out_scores

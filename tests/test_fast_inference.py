@@ -204,3 +204,19 @@ def test_mask_head_computes_only_the_detected_slot(channels_last):
     assert every.shape == (5, 8, 14, 14) and ours.shape == (5, 14, 14)
     torch.testing.assert_close(ours, every[torch.arange(5), slots], rtol=1e-5, atol=1e-5)
     assert head(x[:0], slots[:0]).shape == (0, 14, 14)
+
+
+@pytest.mark.parametrize("num_convs", [0, 2])
+def test_box_head_reading_channels_last_rows_gives_the_same_features_on_any_layout(num_convs):
+    from swiftdet.model.roi_heads import BoxHead
+
+    torch.manual_seed(0)
+    head = BoxHead(16, 7, num_convs, 16, 2, 32).eval()
+    x = torch.randn(5, 16, 7, 7)
+    with torch.no_grad():
+        want = head(x)
+        fused = fuse_for_inference(head)
+        assert fused.hwc_rows and not head.hwc_rows  # the fused copy's first fc reads (S, S, C) rows
+        for layout in (torch.contiguous_format, torch.channels_last):
+            got = fused(x.contiguous(memory_format=layout))
+            assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)

@@ -430,6 +430,10 @@ def fuse_for_inference(model: nn.Module, channels_last: bool = True, inplace: bo
     _fuse_activations(fused)
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
+        # Heads that flatten channels-last features (an R-CNN box head) take them in that order.
+        for module in fused.modules():
+            if hasattr(module, "use_channels_last_rows"):
+                module.use_channels_last_rows()
     return fused
 
 

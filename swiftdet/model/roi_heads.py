@@ -96,18 +96,30 @@ class MultiScaleRoIPooler(nn.Module):
         # is a view, not a second copy of every pooled feature kept for the backward.
         inference = not (torch.is_grad_enabled() and feats[0].requires_grad)
         layout = torch.channels_last if inference and _gather_applies(feats[0]) else torch.contiguous_format
-        out = feats[0].new_zeros((rois.shape[0], c) + self.output_size).contiguous(memory_format=layout)
+        shape = (rois.shape[0], c) + self.output_size
+        # Every RoI is pooled from exactly one level, so every row is written below; allocated in its
+        # layout at once (a .contiguous() of NCHW zeros would hold the pooled size twice).
+        out = feats[0].new_zeros(shape) if is_tracing() else torch.empty(
+            shape, dtype=feats[0].dtype, device=feats[0].device, memory_format=layout)
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.nonzero(levels == level).squeeze(1)
-            pooled = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio, self.aligned)
             if is_tracing():
                 # Exporters write index_copy_ as a ScatterElements whose index is expanded to every
                 # pooled value (an R x C x S x S int64 tensor): 28% of an onnxruntime batch-4 Mask
                 # R-CNN run. A row index_put is a ScatterND of R rows.
+                pooled = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio, self.aligned)
                 out = out.index_put((idx,), pooled.to(out.dtype))
-            else:
-                out.index_copy_(0, idx, pooled.to(out.dtype))
+                continue
+            # In inference a few hundred RoIs at a time: the level's pooled rows are not held twice
+            # (their own tensor beside ``out``, ~30 MB for most of an R50-FPN's 1000 proposals).
+            for part in idx.split(_POOL_CHUNK if inference else max(idx.numel(), 1)):
+                pooled = roi_align(feat, rois[part], self.output_size, scale, self.sampling_ratio, self.aligned)
+                out.index_copy_(0, part, pooled.to(out.dtype))
         return out
+
+
+# RoIs pooled per call in inference (bounds the pooler's temporaries, large enough for full-speed calls).
+_POOL_CHUNK = 256
 
 
 class BoxHead(nn.Module):
@@ -129,15 +141,32 @@ class BoxHead(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         flat = (conv_dim if num_convs > 0 else in_channels) * resolution * resolution
+        self.resolution = resolution
         self.fcs = nn.ModuleList(nn.Linear(flat if i == 0 else fc_dim, fc_dim) for i in range(num_fcs))
         self.out_dim = fc_dim if num_fcs > 0 else flat
+        # The first fc reads each RoI's features in (C, S, S) order; (S, S, C) after use_channels_last_rows.
+        self.hwc_rows = False
+
+    def use_channels_last_rows(self) -> None:
+        """Reorder the first fc's input columns to (S, S, C), so that a channels-last (R, C, S, S)
+        input (the fused model's pooled features) flattens as a view instead of a copy of every
+        pooled feature (1000 x 12544 floats for an R50-FPN). Called by ``fuse_for_inference`` on its
+        own copy; the outputs are the same up to float rounding, on any input layout."""
+        if self.hwc_rows or not self.fcs:
+            return
+        fc = self.fcs[0]
+        c = fc.in_features // self.resolution**2
+        w = fc.weight.detach().reshape(fc.out_features, c, self.resolution, self.resolution)
+        fc.weight = nn.Parameter(w.permute(0, 2, 3, 1).reshape(fc.out_features, -1).contiguous(),
+                                 requires_grad=fc.weight.requires_grad)
+        self.hwc_rows = True
 
     def forward(self, x: Tensor) -> Tensor:
         """(R, C, S, S) -> (R, out_dim)."""
         x = self.convs(x)
         # Channels-last pooled features are the fused model's inference path (see linear_relu).
         onednn = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        x = x.flatten(1)
+        x = x.permute(0, 2, 3, 1).flatten(1) if self.hwc_rows else x.flatten(1)
         for fc in self.fcs:
             x = linear_relu(fc, x, onednn)
         return x

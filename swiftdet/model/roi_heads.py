@@ -36,6 +36,10 @@ def boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
     return torch.cat([ids, cat], dim=1)
 
 
+# RoIs pooled per call in inference (bounds the pooler's temporaries, large enough for full-speed calls).
+_POOL_CHUNK = 256
+
+
 class MultiScaleRoIPooler(nn.Module):
     """RoIAlign from the level chosen by box size (FPN paper eq. 1, as in torchvision).
 
@@ -97,10 +101,9 @@ class MultiScaleRoIPooler(nn.Module):
         inference = not (torch.is_grad_enabled() and feats[0].requires_grad)
         layout = torch.channels_last if inference and _gather_applies(feats[0]) else torch.contiguous_format
         shape = (rois.shape[0], c) + self.output_size
-        # Every RoI is pooled from exactly one level, so every row is written below; allocated in its
-        # layout at once (a .contiguous() of NCHW zeros would hold the pooled size twice).
+        # Allocated in its layout at once: a .contiguous() of NCHW zeros would hold the pooled size twice.
         out = feats[0].new_zeros(shape) if is_tracing() else torch.empty(
-            shape, dtype=feats[0].dtype, device=feats[0].device, memory_format=layout)
+            shape, dtype=feats[0].dtype, device=feats[0].device, memory_format=layout).zero_()
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.nonzero(levels == level).squeeze(1)
             if is_tracing():
@@ -110,16 +113,12 @@ class MultiScaleRoIPooler(nn.Module):
                 pooled = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio, self.aligned)
                 out = out.index_put((idx,), pooled.to(out.dtype))
                 continue
-            # In inference a few hundred RoIs at a time: the level's pooled rows are not held twice
-            # (their own tensor beside ``out``, ~30 MB for most of an R50-FPN's 1000 proposals).
-            for part in idx.split(_POOL_CHUNK if inference else max(idx.numel(), 1)):
+            # In inference a few hundred RoIs at a time, so a level's pooled rows are not held a second
+            # time beside ``out`` (most RoIs often fall on one level).
+            for part in idx.split(_POOL_CHUNK) if inference else (idx,):
                 pooled = roi_align(feat, rois[part], self.output_size, scale, self.sampling_ratio, self.aligned)
                 out.index_copy_(0, part, pooled.to(out.dtype))
         return out
-
-
-# RoIs pooled per call in inference (bounds the pooler's temporaries, large enough for full-speed calls).
-_POOL_CHUNK = 256
 
 
 class BoxHead(nn.Module):

@@ -1,6 +1,8 @@
-"""The fast path's fused convolution epilogues: each model's whole inference with the activation
-(and ResNet/MobileNet residual sums) inside the oneDNN convolution, against the same fused model
-running them as separate operations, in one process, alternating; and both against torchvision.
+"""The fast path's fused convolution epilogues and its Winograd convolutions: each model's whole
+inference with the activation (and ResNet/MobileNet residual sums) inside the oneDNN convolution,
+against the same fused model running them as separate operations, and against it with every
+convolution in oneDNN (no NNPACK Winograd for the large 3x3 ones), in one process, alternating; and
+all against torchvision.
 
     python benchmarks/fused_epilogues.py [--models faster_rcnn mask_rcnn retinanet ssd300_vgg16 ...]
                                          [--iters 5] [--threads 2]
@@ -8,8 +10,10 @@ running them as separate operations, in one process, alternating; and both again
 Models and images are those of the other benchmarks (``rcnn_inference.py``, ``dense_inference.py``,
 ``ssd_inference.py``, ``mobilenet_rcnn_inference.py``, ``keypoint_inference.py``), with their
 random weights. "separate" switches the fused call off (``swiftdet.model.layers._POINTWISE =
-None``); every other part of the fast path stays. Printed: medians, the ratio fused / separate,
-the ratio of each to torchvision, and the largest score difference fused vs separate.
+None``); "direct" keeps the fused calls but runs the large 3x3 convolutions in oneDNN too
+(``swiftdet.model.layers._nnpack_ready`` answering no); every other part of the fast path stays.
+Printed: medians, the ratios fused / separate and fused / direct, the ratio of each to torchvision,
+and the largest score differences fused vs separate and fused vs direct.
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    pointwise = layers._POINTWISE
+    pointwise, nnpack_ready = layers._POINTWISE, layers._nnpack_ready
     if pointwise is None:
         raise SystemExit("this PyTorch build has no oneDNN fused convolution: nothing to compare")
     print(f"{args.threads} threads, {args.iters} runs of each (alternating, after a warm-up), "
@@ -71,24 +75,35 @@ def main() -> None:
             finally:
                 layers._POINTWISE = pointwise
 
+        def direct():
+            layers._nnpack_ready = lambda: False
+            try:
+                return bench.run_ours(ours, image)
+            finally:
+                layers._nnpack_ready = nnpack_ready
+
         def torchvision():
             return bench.run_tv(tv, image)
 
-        outs = {"fused": fused(), "separate": separate()}
+        outs = {"fused": fused(), "separate": separate(), "direct": direct()}
         torchvision()
-        times: dict[str, list[float]] = {"torchvision": [], "separate": [], "fused": []}
+        times: dict[str, list[float]] = {"torchvision": [], "separate": [], "direct": [], "fused": []}
         for _ in range(args.iters):
-            for key, fn in (("torchvision", torchvision), ("separate", separate), ("fused", fused)):
+            for key, fn in (("torchvision", torchvision), ("separate", separate), ("direct", direct), ("fused", fused)):
                 start = time.perf_counter()
                 fn()
                 times[key].append(time.perf_counter() - start)
         med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-        a, b = _scores(outs["fused"]), _scores(outs["separate"])
-        diff = f"{(a - b).abs().max().item():.2e}" if a.shape == b.shape else f"counts {len(a)} vs {len(b)}"
+        a = _scores(outs["fused"])
+        diffs = []
+        for other in ("separate", "direct"):
+            b = _scores(outs[other])
+            diffs.append(f"{(a - b).abs().max().item():.2e}" if a.shape == b.shape else f"counts {len(a)} vs {len(b)}")
         print(f"{name:24s} torchvision {med['torchvision'] * 1e3:8.1f} ms  separate {med['separate'] * 1e3:8.1f} ms  "
-              f"fused {med['fused'] * 1e3:8.1f} ms | fused/separate {med['fused'] / med['separate']:.3f}  "
-              f"/ torchvision: separate {med['separate'] / med['torchvision']:.3f}, fused {med['fused'] / med['torchvision']:.3f}"
-              f"  | max score diff {diff}")
+              f"direct {med['direct'] * 1e3:8.1f} ms  fused {med['fused'] * 1e3:8.1f} ms | "
+              f"fused/separate {med['fused'] / med['separate']:.3f}  fused/direct {med['fused'] / med['direct']:.3f}  "
+              f"/ torchvision: separate {med['separate'] / med['torchvision']:.3f}, direct {med['direct'] / med['torchvision']:.3f}, "
+              f"fused {med['fused'] / med['torchvision']:.3f}  | max score diff vs separate {diffs[0]}, vs direct {diffs[1]}")
         del tv, ours
 
 

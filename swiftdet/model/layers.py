@@ -5,6 +5,7 @@ inference (:func:`fuse_conv_bn`)."""
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import Tensor, nn
@@ -114,6 +115,58 @@ def _in_dtype(dtype: torch.dtype | None, *tensors: Tensor | None) -> list[Tensor
     return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
 
 
+@functools.cache
+def _nnpack_ready() -> bool:
+    """Whether NNPACK's convolution runs here at its speed: built into this PyTorch, initialised (its
+    availability check initialises it; the convolution fails before), on an x86 CPU with AVX2 or
+    AVX-512, where its Winograd kernels are AVX2 code. Elsewhere its portable kernels are slower than
+    oneDNN."""
+    try:
+        return bool(torch.backends.nnpack.is_available()
+                    and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# Where NNPACK's Winograd convolution beats oneDNN's direct one, including the two layout copies
+# it needs (it reads and writes NCHW; the fast path is channels-last). Measured per layer on the
+# 2-core AVX-512 CPU: on one image from ~3000 output pixels at 128+ channels (a 50x76 map: 1.1x
+# faster, P2/P3 of an 800x1216 image 1.3-1.8x); a batch of RoIs takes NNPACK's batched algorithm,
+# which wins from ~50 RoIs of 14x14; at 64 channels the copies cost more than the convolution saves.
+_NNPACK_MIN_PIXELS = 3000
+_NNPACK_MIN_BATCH_PIXELS = 9000
+_NNPACK_MIN_CHANNELS = 128
+
+
+def _runs_in_nnpack(conv: nn.Module, norm: nn.Module | None, x: Tensor) -> bool:
+    """Whether ``conv`` (with its norm folded away, or none) runs as NNPACK's Winograd F(6x6, 3x3)
+    convolution: eager CPU inference in float32 (not under autocast: bfloat16 keeps oneDNN) of a
+    plain 3x3, stride-1, padding-1 convolution with 128+ input and output channels on a map large
+    enough to gain (the thresholds above). Winograd's transforms round differently from a direct
+    convolution: outputs differ by ~1e-5 relative, where oneDNN and PyTorch's other kernels differ by
+    ~1e-7 (tests/test_fused_act.py bounds it)."""
+    if not (type(conv) in _ONEDNN_CONVS and (norm is None or type(norm) is FoldedNorm) and x.dim() == 4
+            and x.dtype == torch.float32 and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.dilation == (1, 1) and conv.padding == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros"):
+        return False
+    n, c, h, w = x.shape
+    pixels = n * h * w
+    return (c >= _NNPACK_MIN_CHANNELS and conv.out_channels >= _NNPACK_MIN_CHANNELS
+            and pixels >= (_NNPACK_MIN_PIXELS if n == 1 else _NNPACK_MIN_BATCH_PIXELS)
+            and not torch.is_autocast_enabled("cpu") and _eager_cpu_inference(conv, x) and _nnpack_ready())
+
+
+def _nnpack_conv(conv: nn.Module, x: Tensor, activation: str, residual: Tensor | None) -> Tensor:
+    """``activation(conv(x) [+ residual])`` through NNPACK (see :func:`_runs_in_nnpack`), in ``x``'s
+    memory format."""
+    out = torch._nnpack_spatial_convolution(x.contiguous(), conv.weight.contiguous(), conv.bias, [1, 1])
+    if residual is not None:
+        out += residual
+    out = _ACTIVATIONS[activation][0](out)
+    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else out
+
+
 def linear_relu(linear: nn.Linear, x: Tensor, onednn: bool = False) -> Tensor:
     """``relu(linear(x))`` for (N, in) ``x``. With ``onednn`` (the caller's input came through the
     fused model's channels-last path) and in eager CPU inference (float32, or bfloat16 autocast),
@@ -141,6 +194,8 @@ def conv_norm_act(conv: nn.Module, norm: nn.Module | None, x: Tensor, activation
     model on the CPU (:func:`_runs_in_onednn`) the activation, and the residual sum of a ResNet or
     MobileNet block, are the convolution's epilogue: no separate passes over the output (on
     ResNet-50 at 800x1216 those passes are the backbone's largest non-convolution cost)."""
+    if _runs_in_nnpack(conv, norm, x):
+        return _nnpack_conv(conv, x, activation, residual)
     eager, name, scalars = _ACTIVATIONS[activation]
     if _runs_in_onednn(conv, norm, x):
         x, weight, bias, residual = _in_dtype(_onednn_dtype(x), x, conv.weight, conv.bias, residual)
@@ -168,7 +223,7 @@ class ConvAct2d(nn.Conv2d):
         return fused.train(conv.training)
 
     def forward(self, x: Tensor) -> Tensor:
-        if _runs_in_onednn(self, None, x):
+        if _runs_in_nnpack(self, None, x) or _runs_in_onednn(self, None, x):
             return conv_norm_act(self, None, x, self.activation)
         return _ACTIVATIONS[self.activation][0](super().forward(x))
 
@@ -440,7 +495,7 @@ def fuse_for_inference(model: nn.Module, channels_last: bool = True, inplace: bo
 def _fuse_activations(model: nn.Module) -> None:
     """In every Sequential, a plain Conv2d followed (after a folded norm, if any) by ReLU or ReLU6
     becomes a :class:`ConvAct2d` and the activation an Identity, so that the pair runs as one
-    oneDNN call."""
+    oneDNN call (or one NNPACK call and an in-place activation)."""
     for module in list(model.modules()):
         if not isinstance(module, nn.Sequential):
             continue
@@ -455,6 +510,12 @@ def _fuse_activations(model: nn.Module) -> None:
             if activation is not None:
                 module._modules[name] = ConvAct2d.from_conv(module._modules[name], activation)
                 module._modules[names[j]] = nn.Identity()
+    # A 3x3 conv without activation (FPN outputs, dense heads' predictions) that a module calls as
+    # ``conv(x)`` becomes a ConvAct2d with none, so that it too may take NNPACK (:func:`_runs_in_nnpack`).
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Conv2d and child.kernel_size == (3, 3) and child.stride == (1, 1):
+                setattr(module, name, ConvAct2d.from_conv(child, ""))
 
 
 def prepare_for_training(model: nn.Module) -> nn.Module:

@@ -1,0 +1,118 @@
+"""Large 3x3 convolutions of the fused inference model through NNPACK's Winograd kernels: taken only
+where the rule says (float32 eager CPU inference, 3x3 stride 1, 128+ channels, a large map), equal to
+oneDNN's direct convolution within Winograd's rounding, in the input's memory format, and a whole
+R50-FPN fast path gives the same features and RPN outputs with it and without it."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from swiftdet.config import load_config
+from swiftdet.model import layers
+from swiftdet.model.build import build_model
+from swiftdet.model.layers import ConvAct2d, FoldedNorm, conv_norm_act, fuse_for_inference
+
+pytestmark = pytest.mark.skipif(not layers._nnpack_ready(), reason="NNPACK is not built into this PyTorch or this CPU lacks AVX2")
+
+# Winograd F(6x6, 3x3) transforms round at ~1e-5 of the output's scale in float32 (seen: 1e-5 on
+# 256-channel maps); a wrong tap, bias or epilogue would be off by O(1).
+WINOGRAD_RTOL = 1e-4
+
+
+def _cl(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor, rtol: float = WINOGRAD_RTOL) -> None:
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= rtol * expected.abs().max().clamp(min=1.0)
+
+
+def _counting(monkeypatch) -> list[tuple[int, ...]]:
+    """Shapes of the inputs of every NNPACK convolution from here on."""
+    calls, real = [], torch._nnpack_spatial_convolution
+
+    def counted(x, *args):
+        calls.append(tuple(x.shape))
+        return real(x, *args)
+
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", counted)
+    return calls
+
+
+@pytest.mark.parametrize("batch,size,layout", [(1, (60, 64), "cl"), (1, (60, 64), "nchw"), (60, (14, 14), "cl")])
+@pytest.mark.parametrize("activation", ["relu", ""])
+@torch.no_grad()
+def test_nnpack_conv_equals_the_direct_convolution(monkeypatch, batch, size, layout, activation):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(128, 160, 3, 1, 1).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 128, *size)
+    x = _cl(x) if layout == "cl" else x
+    residual = torch.randn(batch, 160, *size)
+    assert layers._runs_in_nnpack(conv, None, x) and layers._runs_in_nnpack(conv, FoldedNorm(), x)
+    calls = _counting(monkeypatch)
+    for res in (None, residual):
+        got = conv_norm_act(conv, None, x, activation, res)
+        expected = conv(x) + (0 if res is None else res)
+        expected = torch.relu(expected) if activation == "relu" else expected
+        _close(got, expected)
+        # The next oneDNN layer reads channels-last input as the fast path hands it over.
+        assert got.is_contiguous(memory_format=torch.channels_last if layout == "cl" else torch.contiguous_format)
+    assert len(calls) == 2
+    if activation == "relu":
+        assert (got == 0).any()
+
+
+@torch.no_grad()
+def test_nnpack_is_taken_only_where_the_rule_says():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(128, 128, 3, 1, 1).eval()
+    big, rois = torch.randn(1, 128, 60, 64), torch.randn(60, 128, 14, 14)
+    assert layers._runs_in_nnpack(conv, None, big) and layers._runs_in_nnpack(conv, None, rois)
+    assert not layers._runs_in_nnpack(conv, None, torch.randn(1, 128, 40, 40))  # 1600 pixels: oneDNN is faster
+    assert not layers._runs_in_nnpack(conv, None, torch.randn(30, 128, 14, 14))  # 30 RoIs
+    assert not layers._runs_in_nnpack(conv, nn.BatchNorm2d(128).eval(), big)  # an unfolded norm follows
+    assert not layers._runs_in_nnpack(conv, None, big.double())
+    for other in (nn.Conv2d(64, 64, 3, 1, 1), nn.Conv2d(128, 64, 3, 1, 1), nn.Conv2d(128, 128, 3, 2, 1),
+                  nn.Conv2d(128, 128, 3, 1, 2, 2), nn.Conv2d(128, 128, 3, 1, 1, groups=2), nn.Conv2d(128, 128, 1),
+                  nn.Conv2d(128, 128, 3, 1, 1, padding_mode="reflect")):
+        assert not layers._runs_in_nnpack(other.eval(), None, big[:, : other.in_channels])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not layers._runs_in_nnpack(conv, None, big)  # bfloat16 stays in oneDNN
+    assert not layers._runs_in_nnpack(conv.train(), None, big)
+    conv.eval()
+    with torch.enable_grad():
+        assert not layers._runs_in_nnpack(conv, None, big)  # the weight requires a gradient
+    traced = torch.jit.trace(ConvAct2d.from_conv(conv, "relu"), big, check_trace=False)  # traces and exports record aten::conv2d
+    assert "nnpack" not in str(traced.graph) and "_convolution" in str(traced.graph)
+
+
+@torch.no_grad()
+def test_fused_r50_fpn_features_equal_with_and_without_nnpack(monkeypatch):
+    """Faster R-CNN R50-FPN fast path on a 512x640 image: the bottlenecks' 3x3 convs at res3 (the
+    stride-1 ones), the FPN output convs and the RPN conv on P2 and P3 take NNPACK; every feature map
+    and the RPN's outputs agree with oneDNN's."""
+    cfg = load_config("faster_rcnn_R_50_FPN_1x", ["model.num_classes=3"]).model
+    torch.manual_seed(0)
+    model = fuse_for_inference(build_model(cfg).eval(), inplace=True)
+    # The FPN's output convs, called as conv(x), become ConvAct2d without activation; keys unchanged.
+    assert all(type(c.conv) is ConvAct2d and c.conv.activation == "" for c in model.fpn.output_convs)
+    image = torch.rand(3, 512, 640, generator=torch.Generator().manual_seed(1)) * 255
+    batch = model.preprocess([image]).tensor
+
+    def run():
+        features = model.extract_features(batch)
+        objectness, deltas = model.rpn.head([features[k] for k in model.rpn.in_features])
+        return list(features.values()) + list(objectness) + list(deltas)
+
+    calls = _counting(monkeypatch)
+    with_nnpack = run()
+    shapes = sorted(set(calls))
+    assert shapes == [(1, 128, 64, 80), (1, 256, 64, 80), (1, 256, 128, 160)], shapes
+    assert calls.count((1, 128, 64, 80)) == 3  # res3's three stride-1 blocks (the first one strides)
+    assert calls.count((1, 256, 128, 160)) == 2 and calls.count((1, 256, 64, 80)) == 2  # FPN output and RPN conv
+    monkeypatch.setattr(layers, "_nnpack_ready", lambda: False)
+    for got, expected in zip(with_nnpack, run(), strict=True):
+        assert got.is_contiguous(memory_format=torch.channels_last) == expected.is_contiguous(memory_format=torch.channels_last)
+        _close(got, expected)

@@ -5,7 +5,8 @@ A benchmark script provides ``build_models(model, seed=0, fast=True) -> (torchvi
 models alternately after a warm-up, prints medians and the ratio, the script's agreement verdict, and
 (unless ``--no-memory``) the peak memory one inference needs above the loaded model, each measured in
 a fresh process so neither model's allocations colour the other's, and (unless ``--no-flops``) the
-GFLOP/s each achieves against this machine's measured matmul and convolution peaks.
+GFLOP/s each achieves against this machine's measured matmul and convolution peaks. The timed runs
+also record the time inside each stage (:data:`STAGES`, by forward hooks on those modules).
 """
 from __future__ import annotations
 
@@ -23,6 +24,52 @@ import torch
 from swiftdet.inference.benchmark import PeakMemory
 
 NAMES = ("torchvision", "swiftdet")
+
+# (stage, attribute names of the modules it runs in, on either model): torchvision's ``backbone``
+# holds its FPN, swiftdet's is beside it. What no stage holds (resize and normalisation, padding,
+# box decoding of dense detectors, mask pasting, rescaling) is printed as "pre/post-processing".
+STAGES = (("backbone+FPN", ("backbone", "fpn")), ("RPN", ("rpn",)), ("RoI heads", ("roi_heads",)),
+          ("dense head", ("head",)))
+
+
+class StageTimes:
+    """Wall time spent in each of :data:`STAGES` during each run of ``net`` (forward hooks)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.runs: list[dict[str, float]] = []
+        self._started: dict[str, float] = {}
+        self._handles = []
+        for stage, names in STAGES:
+            for name in names:
+                module = getattr(net, name, None)
+                if isinstance(module, torch.nn.Module):
+                    self._handles.append(module.register_forward_pre_hook(self._start(stage)))
+                    self._handles.append(module.register_forward_hook(self._stop(stage)))
+
+    def _start(self, stage: str):
+        def hook(module, args):
+            self._started[stage] = time.perf_counter()
+        return hook
+
+    def _stop(self, stage: str):
+        def hook(module, args, output):
+            run = self.runs[-1]
+            run[stage] = run.get(stage, 0.0) + time.perf_counter() - self._started.pop(stage)
+        return hook
+
+    def new_run(self) -> None:
+        self.runs.append({})
+
+    def end_run(self, seconds: float) -> None:
+        self.runs[-1]["pre/post-processing"] = seconds - sum(self.runs[-1].values())
+
+    def medians(self) -> dict[str, float]:
+        stages = [stage for stage, _ in STAGES if any(stage in run for run in self.runs)] + ["pre/post-processing"]
+        return {stage: statistics.median(run.get(stage, 0.0) for run in self.runs) for stage in stages}
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +112,9 @@ def machine_peaks(threads: int, repeats: int = 5) -> dict[str, float]:
 def print_compute(flops: int, med: dict[str, float], threads: int) -> None:
     """Achieved GFLOP/s of each model (FlopCounterMode's count of torchvision's model: 2 per
     multiply-add) against this machine's measured peaks, so that everyone sees how close to the
-    limit the models run."""
+    limit the models run. The FLOPs are the direct convolutions'; where swiftdet's fast path runs a
+    large 3x3 convolution through NNPACK's Winograd kernels, which multiply less, its rate may pass
+    the direct convolution's peak."""
     peaks = machine_peaks(threads)
     print(f"  compute: {flops / 1e9:.1f} GFLOP per inference (FlopCounterMode, torchvision's model); this machine: "
           f"matmul {peaks['matmul']:.0f} GFLOP/s, 3x3 conv channels-last {peaks['conv3x3']:.0f} GFLOP/s")
@@ -122,11 +171,16 @@ def compare(script: str, args: argparse.Namespace, title: str, agreement: Callab
     image = bench.make_image()
     tv_out, ours_out = bench.run_tv(tv, image), bench.run_ours(ours, image)  # warm-up and agreement check
     times: dict[str, list[float]] = {name: [] for name in NAMES}
+    stages = {"torchvision": StageTimes(tv), "swiftdet": StageTimes(ours)}
     for _ in range(args.iters):
         for name, fn, net in (("torchvision", bench.run_tv, tv), ("swiftdet", bench.run_ours, ours)):
+            stages[name].new_run()
             start = time.perf_counter()
             fn(net, image)
             times[name].append(time.perf_counter() - start)
+            stages[name].end_run(times[name][-1])
+    for timer in stages.values():
+        timer.remove()
     med = {k: statistics.median(v) for k, v in times.items()}
     path = ("plain" if args.plain else "fast (fuse_for_inference)") + (", bf16" if args.precision == "bf16" else "")
     print(f"{title}, 3x{image.shape[-2]}x{image.shape[-1]}, {args.threads} threads, {args.iters} runs each "
@@ -134,6 +188,10 @@ def compare(script: str, args: argparse.Namespace, title: str, agreement: Callab
     for name in NAMES:
         print(f"  {name:12s} median {med[name] * 1000:8.1f} ms   (all: {', '.join(f'{t * 1000:.0f}' for t in times[name])})")
     print(f"  latency ratio swiftdet/torchvision: {med['swiftdet'] / med['torchvision']:.3f}")
+    tv_stages, our_stages = stages["torchvision"].medians(), stages["swiftdet"].medians()
+    print("  stages (medians): " + "; ".join(
+        f"{stage} {tv_stages[stage] * 1000:.0f} vs {our_stages[stage] * 1000:.0f} ms ({our_stages[stage] / tv_stages[stage]:.2f})"
+        for stage in tv_stages if stage in our_stages and tv_stages[stage] > 0))
     print(f"  detections agree: {agreement(tv_out, ours_out)}")
     if not args.no_flops:
         from swiftdet.inference.flops import count_flops

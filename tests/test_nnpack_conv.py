@@ -41,11 +41,16 @@ def _counting(monkeypatch) -> list[tuple[int, ...]]:
     return calls
 
 
-@pytest.mark.parametrize("batch,size,layout", [(1, (60, 64), "cl"), (1, (60, 64), "nchw"), (60, (14, 14), "cl")])
+@pytest.mark.parametrize("batch,size,layout", [(1, (61, 64), "cl"), (1, (61, 64), "nchw"), (60, (14, 14), "cl")])
 @pytest.mark.parametrize("activation", ["relu", ""])
+@pytest.mark.parametrize("pieces", ["whole", "cut"])
 @torch.no_grad()
-def test_nnpack_conv_equals_the_direct_convolution(monkeypatch, batch, size, layout, activation):
+def test_nnpack_conv_equals_the_direct_convolution(monkeypatch, batch, size, layout, activation, pieces):
+    """Whole, or cut into bands of 6 rows (the last one shorter, the first and last against the zero
+    border) and chunks of RoIs, as a large map or batch is."""
     torch.manual_seed(0)
+    if pieces == "cut":
+        monkeypatch.setattr(layers, "_NNPACK_OUTPUT_BYTES", 100_000)
     conv = nn.Conv2d(128, 160, 3, 1, 1).eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 128, *size)
     x = _cl(x) if layout == "cl" else x
@@ -59,7 +64,12 @@ def test_nnpack_conv_equals_the_direct_convolution(monkeypatch, batch, size, lay
         _close(got, expected)
         # The next oneDNN layer reads channels-last input as the fast path hands it over.
         assert got.is_contiguous(memory_format=torch.channels_last if layout == "cl" else torch.contiguous_format)
-    assert len(calls) == 2
+    if pieces == "whole":
+        assert len(calls) == 2
+    elif batch == 1:
+        assert len(calls) == 2 * 11 and all(shape[2] == 8 for shape in calls[:10]) and calls[10][2] == 3  # 10 x 6 rows + 1
+    else:
+        assert len(calls) == 2 * 60  # 100 kB: one 14x14x160 RoI (125 kB) per call
     if activation == "relu":
         assert (got == 0).any()
 
@@ -91,8 +101,8 @@ def test_nnpack_is_taken_only_where_the_rule_says():
 @torch.no_grad()
 def test_fused_r50_fpn_features_equal_with_and_without_nnpack(monkeypatch):
     """Faster R-CNN R50-FPN fast path on a 512x640 image: the bottlenecks' 3x3 convs at res3 (the
-    stride-1 ones), the FPN output convs and the RPN conv on P2 and P3 take NNPACK; every feature map
-    and the RPN's outputs agree with oneDNN's."""
+    stride-1 ones), the FPN output convs and the RPN conv on P2 (in bands) and P3 take NNPACK; every
+    feature map and the RPN's outputs agree with oneDNN's."""
     cfg = load_config("faster_rcnn_R_50_FPN_1x", ["model.num_classes=3"]).model
     torch.manual_seed(0)
     model = fuse_for_inference(build_model(cfg).eval(), inplace=True)
@@ -106,12 +116,16 @@ def test_fused_r50_fpn_features_equal_with_and_without_nnpack(monkeypatch):
         objectness, deltas = model.rpn.head([features[k] for k in model.rpn.in_features])
         return list(features.values()) + list(objectness) + list(deltas)
 
+    monkeypatch.setattr(layers, "_NNPACK_OUTPUT_BYTES", 8 * 2**20)  # P2's 20 MB output in bands, P3's 5 MB whole
     calls = _counting(monkeypatch)
     with_nnpack = run()
-    shapes = sorted(set(calls))
-    assert shapes == [(1, 128, 64, 80), (1, 256, 64, 80), (1, 256, 128, 160)], shapes
     assert calls.count((1, 128, 64, 80)) == 3  # res3's three stride-1 blocks (the first one strides)
-    assert calls.count((1, 256, 128, 160)) == 2 and calls.count((1, 256, 64, 80)) == 2  # FPN output and RPN conv
+    assert calls.count((1, 256, 64, 80)) == 2  # P3: FPN output and RPN conv, whole
+    # P2 in bands of rows, each read with its 1-row halo: the map covered twice (FPN output, RPN conv).
+    bands = [shape for shape in calls if shape[3] == 160]
+    assert len(bands) > 2 and all(shape[:2] == (1, 256) for shape in bands)
+    assert sum(shape[2] - 2 for shape in bands) == 2 * 128
+    assert len(calls) == 5 + len(bands)
     monkeypatch.setattr(layers, "_nnpack_ready", lambda: False)
     for got, expected in zip(with_nnpack, run(), strict=True):
         assert got.is_contiguous(memory_format=torch.channels_last) == expected.is_contiguous(memory_format=torch.channels_last)

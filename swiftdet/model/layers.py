@@ -144,7 +144,7 @@ def _runs_in_nnpack(conv: nn.Module, norm: nn.Module | None, x: Tensor) -> bool:
     plain 3x3, stride-1, padding-1 convolution with 128+ input and output channels on a map large
     enough to gain (the thresholds above). Winograd's transforms round differently from a direct
     convolution: outputs differ by ~1e-5 relative, where oneDNN and PyTorch's other kernels differ by
-    ~1e-7 (tests/test_fused_act.py bounds it)."""
+    ~1e-7 (tests/test_nnpack_conv.py bounds it)."""
     if not (type(conv) in _ONEDNN_CONVS and (norm is None or type(norm) is FoldedNorm) and x.dim() == 4
             and x.dtype == torch.float32 and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.dilation == (1, 1) and conv.padding == (1, 1) and conv.groups == 1
@@ -157,14 +157,63 @@ def _runs_in_nnpack(conv: nn.Module, norm: nn.Module | None, x: Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu") and _eager_cpu_inference(conv, x) and _nnpack_ready())
 
 
+# NNPACK keeps a workspace sized for the largest call it has run (one per process, never freed):
+# ~3x the output on one image (180 MB for P2 of an 800x1216 image at 256 channels), ~6x on a batch
+# of RoIs. Calls are cut to outputs of at most this size (bands of rows, chunks of RoIs), which
+# bounds it to ~40-70 MB. On the 2-core test CPU P2 in bands ran faster than whole (198 vs 228 ms),
+# a batch of 100 RoIs in two chunks slower (85 vs 69 ms; oneDNN: 95 ms).
+_NNPACK_OUTPUT_BYTES = 12 * 2**20
+
+
+def _empty_like_layout(x: Tensor, channels: int, channels_last: bool) -> Tensor:
+    n, _, h, w = x.shape
+    return torch.empty((n, channels, h, w), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 def _nnpack_conv(conv: nn.Module, x: Tensor, activation: str, residual: Tensor | None) -> Tensor:
     """``activation(conv(x) [+ residual])`` through NNPACK (see :func:`_runs_in_nnpack`), in ``x``'s
-    memory format."""
-    out = torch._nnpack_spatial_convolution(x.contiguous(), conv.weight.contiguous(), conv.bias, [1, 1])
-    if residual is not None:
-        out += residual
-    out = _ACTIVATIONS[activation][0](out)
-    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else out
+    memory format. A large map is convolved in bands of rows (a multiple of Winograd's 6-row output
+    tile, each read with its 1-row halo, zeros beyond the border) and a batch in chunks, each written
+    into the output as it is done: the NCHW copies and NNPACK's workspace stay a band's size."""
+    n, c, h, w = x.shape
+    weight = conv.weight.contiguous()
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    row_bytes = conv.out_channels * w * x.element_size()
+    eager = _ACTIVATIONS[activation][0]
+
+    def finish(y: Tensor, rows: slice, items: slice) -> Tensor:
+        if residual is not None:
+            y += residual[items, :, rows]
+        return eager(y)
+
+    if n == 1 and h * row_bytes > _NNPACK_OUTPUT_BYTES:
+        out = _empty_like_layout(x, conv.out_channels, channels_last)
+        step = max(6, _NNPACK_OUTPUT_BYTES // row_bytes // 6 * 6)
+        for top in range(0, h, step):
+            bottom = min(top + step, h)
+            first, last = max(top - 1, 0), min(bottom + 1, h)
+            band = x.new_empty((n, c, bottom - top + 2, w))
+            if top == 0:
+                band[:, :, 0].zero_()
+            if bottom == h:
+                band[:, :, -1].zero_()
+            band[:, :, first - top + 1:last - top + 1].copy_(x[:, :, first:last])
+            rows = slice(top, bottom)
+            out[:, :, rows] = finish(torch._nnpack_spatial_convolution(band, weight, conv.bias, [0, 1]), rows, slice(None))
+        return out
+    item_bytes = h * row_bytes
+    chunks = max(1, -(-n * item_bytes // _NNPACK_OUTPUT_BYTES))
+    if chunks == 1:
+        y = finish(torch._nnpack_spatial_convolution(x.contiguous(), weight, conv.bias, [1, 1]), slice(None), slice(None))
+        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+    out = _empty_like_layout(x, conv.out_channels, channels_last)
+    size = -(-n // chunks)
+    for start in range(0, n, size):
+        items = slice(start, min(start + size, n))
+        out[items] = finish(torch._nnpack_spatial_convolution(x[items].contiguous(), weight, conv.bias, [1, 1]),
+                            slice(None), items)
+    return out
 
 
 def linear_relu(linear: nn.Linear, x: Tensor, onednn: bool = False) -> Tensor:

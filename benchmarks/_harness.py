@@ -78,9 +78,17 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--plain", action="store_true", help="run swiftdet without fuse_for_inference")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count and this machine's peak")
+    parser.add_argument("--direct", action="store_true",
+                        help="run every convolution of swiftdet's fast path in oneDNN (no NNPACK Winograd for the large 3x3 ones)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="swiftdet's inference precision (torchvision stays float32); bf16 detections differ from "
                              "float32's by rounding, so the agreement line then reads as a difference report")
+
+
+def _direct_convolutions() -> None:
+    from swiftdet.model import layers
+
+    layers._nnpack_ready = lambda: False
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -129,9 +137,12 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def _memory_worker(script: str, which: str, model: str, threads: int, fast: bool, precision: str, queue) -> None:
+def _memory_worker(script: str, which: str, model: str, threads: int, fast: bool, precision: str, direct: bool,
+                   queue) -> None:
     bench = importlib.import_module(script)
     torch.set_num_threads(threads)
+    if direct:
+        _direct_convolutions()
     tv, ours = bench.build_models(model, fast=fast)
     ours.set_precision(precision)
     net, fn = (tv, bench.run_tv) if which == "torchvision" else (ours, bench.run_ours)
@@ -157,15 +168,18 @@ def in_fresh_process(target: Callable, *args):
     return value
 
 
-def peak_inference_memory(script: str, which: str, model: str, threads: int, fast: bool, precision: str = "fp32") -> int:
+def peak_inference_memory(script: str, which: str, model: str, threads: int, fast: bool, precision: str = "fp32",
+                          direct: bool = False) -> int:
     """Bytes one inference of ``which`` needs above its loaded model, in a fresh process."""
-    return in_fresh_process(_memory_worker, script, which, model, threads, fast, precision)
+    return in_fresh_process(_memory_worker, script, which, model, threads, fast, precision, direct)
 
 
 def compare(script: str, args: argparse.Namespace, title: str, agreement: Callable[[object, object], str]) -> None:
     """Run the benchmark of module ``script`` for ``args.model`` and print its report."""
     bench = importlib.import_module(script)
     torch.set_num_threads(args.threads)
+    if args.direct:
+        _direct_convolutions()
     tv, ours = bench.build_models(args.model, fast=not args.plain)
     ours.set_precision(args.precision)
     image = bench.make_image()
@@ -182,7 +196,8 @@ def compare(script: str, args: argparse.Namespace, title: str, agreement: Callab
     for timer in stages.values():
         timer.remove()
     med = {k: statistics.median(v) for k, v in times.items()}
-    path = ("plain" if args.plain else "fast (fuse_for_inference)") + (", bf16" if args.precision == "bf16" else "")
+    path = (("plain" if args.plain else "fast (fuse_for_inference)") + (", bf16" if args.precision == "bf16" else "")
+            + (", direct convolutions only" if args.direct else ""))
     print(f"{title}, 3x{image.shape[-2]}x{image.shape[-1]}, {args.threads} threads, {args.iters} runs each "
           f"(alternating), swiftdet {path}, load average {os.getloadavg()[0]:.2f}")
     for name in NAMES:
@@ -199,7 +214,7 @@ def compare(script: str, args: argparse.Namespace, title: str, agreement: Callab
         print_compute(count_flops(tv, lambda: bench.run_tv(tv, image)).total_flops, med, args.threads)
     if not args.no_memory:
         del tv, ours
-        mem = {name: peak_inference_memory(script, name, args.model, args.threads, not args.plain, args.precision)
+        mem = {name: peak_inference_memory(script, name, args.model, args.threads, not args.plain, args.precision, args.direct)
                for name in NAMES}
         for name, value in mem.items():
             print(f"  {name:12s} peak inference memory above the loaded model: {value / 2**20:8.1f} MiB")

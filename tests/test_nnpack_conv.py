@@ -11,7 +11,7 @@ from torch import nn
 from swiftdet.config import load_config
 from swiftdet.model import layers
 from swiftdet.model.build import build_model
-from swiftdet.model.layers import ConvAct2d, FoldedNorm, conv_norm_act, fuse_for_inference
+from swiftdet.model.layers import ConvAct2d, ConvNormAct, FoldedNorm, conv_norm_act, fuse_for_inference
 
 pytestmark = pytest.mark.skipif(not layers._nnpack_ready(), reason="NNPACK is not built into this PyTorch or this CPU lacks AVX2")
 
@@ -27,6 +27,12 @@ def _cl(t: torch.Tensor) -> torch.Tensor:
 def _close(got: torch.Tensor, expected: torch.Tensor, rtol: float = WINOGRAD_RTOL) -> None:
     assert got.shape == expected.shape
     assert (got - expected).abs().max() <= rtol * expected.abs().max().clamp(min=1.0)
+
+
+def _marked(conv: nn.Conv2d) -> nn.Conv2d:
+    """``conv`` as fuse_for_inference leaves it: marked for NNPACK (the plain model's convs are not)."""
+    conv.nnpack = True
+    return conv
 
 
 def _counting(monkeypatch) -> list[tuple[int, ...]]:
@@ -51,7 +57,7 @@ def test_nnpack_conv_equals_the_direct_convolution(monkeypatch, batch, size, lay
     torch.manual_seed(0)
     if pieces == "cut":
         monkeypatch.setattr(layers, "_NNPACK_OUTPUT_BYTES", 100_000)
-    conv = nn.Conv2d(128, 160, 3, 1, 1).eval().to(memory_format=torch.channels_last)
+    conv = _marked(nn.Conv2d(128, 160, 3, 1, 1).eval().to(memory_format=torch.channels_last))
     x = torch.randn(batch, 128, *size)
     x = _cl(x) if layout == "cl" else x
     residual = torch.randn(batch, 160, *size)
@@ -62,8 +68,8 @@ def test_nnpack_conv_equals_the_direct_convolution(monkeypatch, batch, size, lay
         expected = conv(x) + (0 if res is None else res)
         expected = torch.relu(expected) if activation == "relu" else expected
         _close(got, expected)
-        # The next oneDNN layer reads channels-last input as the fast path hands it over.
-        assert got.is_contiguous(memory_format=torch.channels_last if layout == "cl" else torch.contiguous_format)
+        # The next oneDNN layer reads channels-last input as the fast path hands it over (the weight is channels-last).
+        assert got.is_contiguous(memory_format=torch.channels_last)
     if pieces == "whole":
         assert len(calls) == 2
     elif batch == 1:
@@ -79,6 +85,8 @@ def test_nnpack_is_taken_only_where_the_rule_says():
     torch.manual_seed(0)
     conv = nn.Conv2d(128, 128, 3, 1, 1).eval()
     big, rois = torch.randn(1, 128, 60, 64), torch.randn(60, 128, 14, 14)
+    assert not layers._runs_in_nnpack(conv, None, big)  # not marked: a plain model's conv runs as trained
+    _marked(conv)
     assert layers._runs_in_nnpack(conv, None, big) and layers._runs_in_nnpack(conv, None, rois)
     assert not layers._runs_in_nnpack(conv, None, torch.randn(1, 128, 40, 40))  # 1600 pixels: oneDNN is faster
     assert not layers._runs_in_nnpack(conv, None, torch.randn(30, 128, 14, 14))  # 30 RoIs
@@ -87,14 +95,14 @@ def test_nnpack_is_taken_only_where_the_rule_says():
     for other in (nn.Conv2d(64, 64, 3, 1, 1), nn.Conv2d(128, 64, 3, 1, 1), nn.Conv2d(128, 128, 3, 2, 1),
                   nn.Conv2d(128, 128, 3, 1, 2, 2), nn.Conv2d(128, 128, 3, 1, 1, groups=2), nn.Conv2d(128, 128, 1),
                   nn.Conv2d(128, 128, 3, 1, 1, padding_mode="reflect")):
-        assert not layers._runs_in_nnpack(other.eval(), None, big[:, : other.in_channels])
+        assert not layers._runs_in_nnpack(_marked(other.eval()), None, big[:, : other.in_channels])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not layers._runs_in_nnpack(conv, None, big)  # bfloat16 stays in oneDNN
     assert not layers._runs_in_nnpack(conv.train(), None, big)
     conv.eval()
     with torch.enable_grad():
         assert not layers._runs_in_nnpack(conv, None, big)  # the weight requires a gradient
-    traced = torch.jit.trace(ConvAct2d.from_conv(conv, "relu"), big, check_trace=False)  # traces and exports record aten::conv2d
+    traced = torch.jit.trace(_marked(ConvAct2d.from_conv(conv, "relu")), big, check_trace=False)  # traces and exports record aten::conv2d
     assert "nnpack" not in str(traced.graph) and "_convolution" in str(traced.graph)
 
 
@@ -130,3 +138,42 @@ def test_fused_r50_fpn_features_equal_with_and_without_nnpack(monkeypatch):
     for got, expected in zip(with_nnpack, run(), strict=True):
         assert got.is_contiguous(memory_format=torch.channels_last) == expected.is_contiguous(memory_format=torch.channels_last)
         _close(got, expected)
+
+
+@torch.no_grad()
+def test_a_tower_hands_nchw_maps_from_conv_to_conv(monkeypatch):
+    """A head's tower (conv, ReLU, conv, GroupNorm, ReLU, conv): the fused convs pass NCHW maps on
+    where the next one takes NNPACK too, the last hands back channels-last; the output equals the
+    plain tower's and the tower without the hand-over."""
+    torch.manual_seed(0)
+    tower = nn.Sequential(nn.Conv2d(128, 128, 3, 1, 1), nn.ReLU(), nn.Conv2d(128, 128, 3, 1, 1), nn.GroupNorm(32, 128),
+                          nn.ReLU(), nn.Conv2d(128, 160, 3, 1, 1)).eval()
+    x = torch.randn(1, 128, 60, 64)
+    expected = tower(x)
+    fused = fuse_for_inference(tower)
+    assert [getattr(m, "hands_nchw", False) for m in fused if isinstance(m, nn.Conv2d)] == [True, True, False]
+    layouts = []
+    for m in fused:
+        m.register_forward_hook(lambda m, a, out: layouts.append(layers._is_channels_last(out)))
+    calls = _counting(monkeypatch)
+    got = fused(_cl(x))
+    assert len(calls) == 3 and layers._is_channels_last(got)
+    assert layouts == [False, False, False, False, False, True]  # conv, identity (its ReLU), conv, GN, ReLU, conv
+    _close(got, expected)
+    for m in fused:
+        m.hands_nchw = False
+    _close(fused(_cl(x)), got)  # GroupNorm sums NCHW and channels-last maps in other orders
+    # A mask head's convs are ConvNormAct blocks: their convs hand over the same way (not past a GroupNorm
+    # inside a block, which keeps the block's conv out of NNPACK).
+    plain = nn.Sequential(*(ConvNormAct(128, 128, 3) for _ in range(3))).eval()
+    blocks = fuse_for_inference(plain)
+    assert [getattr(b.conv, "hands_nchw", False) for b in blocks] == [True, True, False]
+    got = blocks(_cl(x))
+    assert len(calls) == 9 and layers._is_channels_last(got)
+    _close(got, plain(x))
+    normed = fuse_for_inference(nn.Sequential(*(ConvNormAct(128, 128, 3, norm="GN") for _ in range(2))).eval())
+    assert not any(getattr(b.conv, "hands_nchw", False) for b in normed)
+    # On a small map nothing takes NNPACK and every layer stays channels-last.
+    small, layouts[:] = _cl(torch.randn(1, 128, 20, 20)), []
+    fused(small)
+    assert len(calls) == 9 and layouts[0] and layouts[-1]

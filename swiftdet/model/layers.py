@@ -138,22 +138,28 @@ _NNPACK_MIN_BATCH_PIXELS = 9000
 _NNPACK_MIN_CHANNELS = 128
 
 
+def _nnpack_shaped(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a convolution NNPACK's path takes, its input aside: a plain 3x3, stride-1,
+    padding-1 convolution with 128+ input and output channels that :func:`fuse_for_inference`
+    marked (the plain model keeps PyTorch's convolution, as trained)."""
+    return (type(conv) in _ONEDNN_CONVS and getattr(conv, "nnpack", False) and conv.kernel_size == (3, 3)
+            and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros" and conv.in_channels >= _NNPACK_MIN_CHANNELS
+            and conv.out_channels >= _NNPACK_MIN_CHANNELS)
+
+
 def _runs_in_nnpack(conv: nn.Module, norm: nn.Module | None, x: Tensor) -> bool:
     """Whether ``conv`` (with its norm folded away, or none) runs as NNPACK's Winograd F(6x6, 3x3)
-    convolution: eager CPU inference in float32 (not under autocast: bfloat16 keeps oneDNN) of a
-    plain 3x3, stride-1, padding-1 convolution with 128+ input and output channels on a map large
-    enough to gain (the thresholds above). Winograd's transforms round differently from a direct
-    convolution: outputs differ by ~1e-5 relative, where oneDNN and PyTorch's other kernels differ by
-    ~1e-7 (tests/test_nnpack_conv.py bounds it)."""
-    if not (type(conv) in _ONEDNN_CONVS and (norm is None or type(norm) is FoldedNorm) and x.dim() == 4
-            and x.dtype == torch.float32 and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.dilation == (1, 1) and conv.padding == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros"):
+    convolution: a convolution of the fused model of the form :func:`_nnpack_shaped` names, in eager
+    CPU inference in float32 (not under autocast: bfloat16 keeps oneDNN), on a map large enough to
+    gain (the thresholds above). Winograd's transforms round differently from a direct convolution:
+    outputs differ by ~1e-5 relative, where oneDNN and PyTorch's other kernels differ by ~1e-7
+    (tests/test_nnpack_conv.py bounds it)."""
+    if not (_nnpack_shaped(conv) and (norm is None or type(norm) is FoldedNorm) and x.dim() == 4
+            and x.dtype == torch.float32):
         return False
-    n, c, h, w = x.shape
-    pixels = n * h * w
-    return (c >= _NNPACK_MIN_CHANNELS and conv.out_channels >= _NNPACK_MIN_CHANNELS
-            and pixels >= (_NNPACK_MIN_PIXELS if n == 1 else _NNPACK_MIN_BATCH_PIXELS)
+    n, _, h, w = x.shape
+    return (n * h * w >= (_NNPACK_MIN_PIXELS if n == 1 else _NNPACK_MIN_BATCH_PIXELS)
             and not torch.is_autocast_enabled("cpu") and _eager_cpu_inference(conv, x) and _nnpack_ready())
 
 
@@ -165,6 +171,10 @@ def _runs_in_nnpack(conv: nn.Module, norm: nn.Module | None, x: Tensor) -> bool:
 _NNPACK_OUTPUT_BYTES = 12 * 2**20
 
 
+def _is_channels_last(t: Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 def _empty_like_layout(x: Tensor, channels: int, channels_last: bool) -> Tensor:
     n, _, h, w = x.shape
     return torch.empty((n, channels, h, w), dtype=x.dtype, device=x.device,
@@ -172,13 +182,14 @@ def _empty_like_layout(x: Tensor, channels: int, channels_last: bool) -> Tensor:
 
 
 def _nnpack_conv(conv: nn.Module, x: Tensor, activation: str, residual: Tensor | None) -> Tensor:
-    """``activation(conv(x) [+ residual])`` through NNPACK (see :func:`_runs_in_nnpack`), in ``x``'s
-    memory format. A large map is convolved in bands of rows (a multiple of Winograd's 6-row output
+    """``activation(conv(x) [+ residual])`` through NNPACK (see :func:`_runs_in_nnpack`), channels-last
+    where the input or the weight is, else (or where ``conv.hands_nchw``) NCHW. A large map is convolved in bands of rows (a multiple of Winograd's 6-row output
     tile, each read with its 1-row halo, zeros beyond the border) and a batch in chunks, each written
     into the output as it is done: the NCHW copies and NNPACK's workspace stay a band's size."""
     n, c, h, w = x.shape
     weight = conv.weight.contiguous()
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    # The fast path's layout (its weights are channels-last), unless the next conv reads NCHW.
+    channels_last = not getattr(conv, "hands_nchw", False) and (_is_channels_last(x) or _is_channels_last(conv.weight))
     row_bytes = conv.out_channels * w * x.element_size()
     eager = _ACTIVATIONS[activation][0]
 
@@ -565,6 +576,36 @@ def _fuse_activations(model: nn.Module) -> None:
         for name, child in list(module.named_children()):
             if type(child) is nn.Conv2d and child.kernel_size == (3, 3) and child.stride == (1, 1):
                 setattr(module, name, ConvAct2d.from_conv(child, ""))
+    for module in model.modules():
+        if type(module) in _ONEDNN_CONVS:
+            module.nnpack = True  # only the fused model's convolutions may take NNPACK
+    # In a Sequential (a head's tower), a conv NNPACK may take hands its output on in NCHW when the next
+    # conv (past modules indifferent to the layout) may take it too: both see the same map size, so
+    # they decide alike, and the copies to channels-last and back between them are saved.
+    for module in model.modules():
+        if isinstance(module, nn.Sequential):
+            convs = [_conv_of(layer) for layer in module]
+            for i, conv in enumerate(convs):
+                j = i + 1
+                while j < len(convs) and isinstance(module[j], _LAYOUT_FREE):
+                    j += 1
+                if (conv is not None and _nnpack_shaped(conv) and j < len(convs) and convs[j] is not None
+                        and _nnpack_shaped(convs[j]) and convs[j].in_channels == conv.out_channels):
+                    conv.hands_nchw = True
+
+
+# Modules whose result does not depend on their input's memory format.
+_LAYOUT_FREE = (nn.Identity, FoldedNorm, nn.ReLU, nn.GroupNorm)
+
+
+def _conv_of(layer: nn.Module) -> nn.Module | None:
+    """The convolution a Sequential's ``layer`` is, or runs as NNPACK may (a ConvNormAct whose norm
+    is folded away or absent: :func:`_runs_in_nnpack`); None for anything else."""
+    if isinstance(layer, nn.Conv2d):
+        return layer
+    if isinstance(layer, ConvNormAct) and (layer.norm is None or type(layer.norm) is FoldedNorm):
+        return layer.conv
+    return None
 
 
 def prepare_for_training(model: nn.Module) -> nn.Module:

@@ -49,14 +49,14 @@ def _counting(monkeypatch) -> list[tuple[int, ...]]:
 
 @pytest.mark.parametrize("batch,size,layout", [(1, (61, 64), "cl"), (1, (61, 64), "nchw"), (60, (14, 14), "cl")])
 @pytest.mark.parametrize("activation", ["relu", ""])
-@pytest.mark.parametrize("pieces", ["whole", "cut"])
+@pytest.mark.parametrize("pieces", ["whole", "cut", "chunks"])
 @torch.no_grad()
 def test_nnpack_conv_equals_the_direct_convolution(monkeypatch, batch, size, layout, activation, pieces):
     """Whole, or cut into bands of 6 rows (the last one shorter, the first and last against the zero
-    border) and chunks of RoIs, as a large map or batch is."""
+    border; each RoI of a batch alone when one RoI's output passes the size) or into chunks of RoIs,
+    as a large map or batch is."""
     torch.manual_seed(0)
-    if pieces == "cut":
-        monkeypatch.setattr(layers, "_NNPACK_OUTPUT_BYTES", 100_000)
+    monkeypatch.setattr(layers, "_NNPACK_OUTPUT_BYTES", {"whole": 2**30, "cut": 100_000, "chunks": 400_000}[pieces])
     conv = _marked(nn.Conv2d(128, 160, 3, 1, 1).eval().to(memory_format=torch.channels_last))
     x = torch.randn(batch, 128, *size)
     x = _cl(x) if layout == "cl" else x
@@ -74,8 +74,10 @@ def test_nnpack_conv_equals_the_direct_convolution(monkeypatch, batch, size, lay
         assert len(calls) == 2
     elif batch == 1:
         assert len(calls) == 2 * 11 and all(shape[2] == 8 for shape in calls[:10]) and calls[10][2] == 3  # 10 x 6 rows + 1
-    else:
-        assert len(calls) == 2 * 60  # 100 kB: one 14x14x160 RoI (125 kB) per call
+    elif pieces == "cut":  # a 14x14x160 RoI's output (125 kB) passes 100 kB: 6 + 6 + 2 rows each
+        assert len(calls) == 2 * 60 * 3 and [shape[2] for shape in calls[:3]] == [8, 8, 4]
+    else:  # 400 kB: 4 RoIs per call
+        assert len(calls) == 2 * 15 and all(shape == (4, 128, 14, 14) for shape in calls)
     if activation == "relu":
         assert (got == 0).any()
 
@@ -177,3 +179,4 @@ def test_a_tower_hands_nchw_maps_from_conv_to_conv(monkeypatch):
     small, layouts[:] = _cl(torch.randn(1, 128, 20, 20)), []
     fused(small)
     assert len(calls) == 9 and layouts[0] and layouts[-1]
+

@@ -183,10 +183,10 @@ def _empty_like_layout(x: Tensor, channels: int, channels_last: bool) -> Tensor:
 
 def _nnpack_conv(conv: nn.Module, x: Tensor, activation: str, residual: Tensor | None) -> Tensor:
     """``activation(conv(x) [+ residual])`` through NNPACK (see :func:`_runs_in_nnpack`): channels-last
-    where the input or the weight is, else (or where ``conv.hands_nchw``) NCHW. A large map is
-    convolved in bands of rows (a multiple of Winograd's 6-row output tile, each read with its 1-row
-    halo, zeros beyond the border) and a batch in chunks, each written into the output as it is
-    done: the NCHW copies and NNPACK's workspace stay a band's size."""
+    where the input or the weight is, else (or where ``conv.hands_nchw``) NCHW. An image whose output
+    is large is convolved in bands of rows (a multiple of Winograd's 6-row output tile, each read
+    with its 1-row halo, zeros beyond the border), smaller images in chunks of the batch, each piece
+    written into the output as it is done: the NCHW copies and NNPACK's workspace stay a piece's size."""
     n, c, h, w = x.shape
     weight = conv.weight.contiguous()
     # The fast path's layout (its weights are channels-last), unless the next conv reads NCHW.
@@ -194,37 +194,35 @@ def _nnpack_conv(conv: nn.Module, x: Tensor, activation: str, residual: Tensor |
     row_bytes = conv.out_channels * w * x.element_size()
     eager = _ACTIVATIONS[activation][0]
 
-    def finish(y: Tensor, rows: slice, items: slice) -> Tensor:
+    def run(piece: Tensor, padding: list[int], items: slice, rows: slice) -> Tensor:
+        y = torch._nnpack_spatial_convolution(piece, weight, conv.bias, padding)
         if residual is not None:
             y += residual[items, :, rows]
         return eager(y)
 
-    if n == 1 and h * row_bytes > _NNPACK_OUTPUT_BYTES:
-        out = _empty_like_layout(x, conv.out_channels, channels_last)
+    if h * row_bytes > _NNPACK_OUTPUT_BYTES:  # (image, rows) bands
         step = max(6, _NNPACK_OUTPUT_BYTES // row_bytes // 6 * 6)
-        for top in range(0, h, step):
-            bottom = min(top + step, h)
-            first, last = max(top - 1, 0), min(bottom + 1, h)
-            band = x.new_empty((n, c, bottom - top + 2, w))
-            if top == 0:
-                band[:, :, 0].zero_()
-            if bottom == h:
-                band[:, :, -1].zero_()
-            band[:, :, first - top + 1:last - top + 1].copy_(x[:, :, first:last])
-            rows = slice(top, bottom)
-            out[:, :, rows] = finish(torch._nnpack_spatial_convolution(band, weight, conv.bias, [0, 1]), rows, slice(None))
-        return out
-    item_bytes = h * row_bytes
-    chunks = max(1, -(-n * item_bytes // _NNPACK_OUTPUT_BYTES))
-    if chunks == 1:
-        y = finish(torch._nnpack_spatial_convolution(x.contiguous(), weight, conv.bias, [1, 1]), slice(None), slice(None))
+        pieces = [(slice(i, i + 1), slice(top, min(top + step, h))) for i in range(n) for top in range(0, h, step)]
+    else:  # chunks of whole images
+        size = -(-n // max(1, -(-n * h * row_bytes // _NNPACK_OUTPUT_BYTES)))
+        pieces = [(slice(start, min(start + size, n)), slice(0, h)) for start in range(0, n, size)]
+    if len(pieces) == 1:
+        y = run(x.contiguous(), [1, 1], slice(None), slice(None))
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
     out = _empty_like_layout(x, conv.out_channels, channels_last)
-    size = -(-n // chunks)
-    for start in range(0, n, size):
-        items = slice(start, min(start + size, n))
-        out[items] = finish(torch._nnpack_spatial_convolution(x[items].contiguous(), weight, conv.bias, [1, 1]),
-                            slice(None), items)
+    for items, rows in pieces:
+        if rows.stop - rows.start == h:
+            out[items] = run(x[items].contiguous(), [1, 1], items, rows)
+            continue
+        top, bottom = rows.start, rows.stop
+        first, last = max(top - 1, 0), min(bottom + 1, h)
+        band = x.new_empty((1, c, bottom - top + 2, w))
+        if top == 0:
+            band[:, :, 0].zero_()
+        if bottom == h:
+            band[:, :, -1].zero_()
+        band[:, :, first - top + 1:last - top + 1].copy_(x[items, :, first:last])
+        out[items, :, rows] = run(band, [0, 1], items, rows)
     return out
 
 

@@ -129,10 +129,11 @@ def _nnpack_ready() -> bool:
 
 
 # Where NNPACK's Winograd convolution beats oneDNN's direct one, including the two layout copies
-# it needs (it reads and writes NCHW; the fast path is channels-last). Measured per layer on the
-# 2-core AVX-512 CPU: on one image from ~3000 output pixels at 128+ channels (a 50x76 map: 1.1x
-# faster, P2/P3 of an 800x1216 image 1.3-1.8x); a batch of RoIs takes NNPACK's batched algorithm,
-# which wins from ~50 RoIs of 14x14; at 64 channels the copies cost more than the convolution saves.
+# it needs (it reads and writes NCHW; the fast path is channels-last), as timed layer by layer on
+# the 2-core AVX-512 CPU: on one image from a few thousand output pixels at 128+ channels (ResNet's
+# res3/res4, the FPN levels down to P4); a batch of RoIs takes NNPACK's batched algorithm, which
+# only wins from ~50 RoIs of 14x14; at 64 channels the copies cost more than the convolution saves.
+# ``benchmarks/fused_epilogues.py`` times whole models with and without it.
 _NNPACK_MIN_PIXELS = 3000
 _NNPACK_MIN_BATCH_PIXELS = 9000
 _NNPACK_MIN_CHANNELS = 128
@@ -163,11 +164,10 @@ def _runs_in_nnpack(conv: nn.Module, norm: nn.Module | None, x: Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu") and _eager_cpu_inference(conv, x) and _nnpack_ready())
 
 
-# NNPACK keeps a workspace sized for the largest call it has run (one per process, never freed):
-# ~3x the output on one image (180 MB for P2 of an 800x1216 image at 256 channels), ~6x on a batch
-# of RoIs. Calls are cut to outputs of at most this size (bands of rows, chunks of RoIs), which
-# bounds it to ~40-70 MB. On the 2-core test CPU P2 in bands ran faster than whole (198 vs 228 ms),
-# a batch of 100 RoIs in two chunks slower (85 vs 69 ms; oneDNN: 95 ms).
+# NNPACK keeps a workspace sized for the largest call it has run (one per process, never freed),
+# a few times that call's output: for P2 of an 800x1216 image, larger than the map itself. Calls are
+# cut to outputs of at most this size (bands of rows, chunks of RoIs), which bounds the workspace and
+# the NCHW copies; P2 in bands also ran no slower than whole on the test CPU.
 _NNPACK_OUTPUT_BYTES = 12 * 2**20
 
 
